@@ -1,0 +1,19 @@
+//! vmfleet's domain vocabulary, shared by every other crate: typed ids, wallet addresses, byte
+//! sizes, timestamps, the VM state machine and resource validation. It does no IO.
+
+mod address;
+mod ids;
+mod resources;
+mod size;
+mod state;
+mod time;
+
+pub use address::{AddressError, ChecksumAddress, WalletAddress};
+pub use ids::{
+    BuyerId, ContainerId, GpuIndex, IdError, IdErrorReason, ImageName, ImageRef, JobId, NodeId,
+    RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
+};
+pub use resources::{ResourceError, VmResources};
+pub use size::{ByteSize, SizeError};
+pub use state::{InvalidTransition, Transition, VmEvent, VmOp, VmState};
+pub use time::{Timestamp, TimestampError};
