@@ -160,8 +160,14 @@ mod tests {
     fn bad_checksum_and_shapes() {
         let wrong = "0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
         assert_eq!(WalletAddress::parse(wrong), Err(AddressError::BadChecksum));
-        assert_eq!(WalletAddress::parse("1234"), Err(AddressError::MissingPrefix));
-        assert_eq!(WalletAddress::parse("0x1234"), Err(AddressError::BadLength(4)));
+        assert_eq!(
+            WalletAddress::parse("1234"),
+            Err(AddressError::MissingPrefix)
+        );
+        assert_eq!(
+            WalletAddress::parse("0x1234"),
+            Err(AddressError::BadLength(4))
+        );
         assert_eq!(
             WalletAddress::parse("0x1234567890abcdef1234567890abcdef1234567g"),
             Err(AddressError::NotHex)

@@ -30,7 +30,12 @@ pub enum IdErrorReason {
 }
 
 /// Checks `s` against the id alphabet (`extra` adds allowed characters).
-pub(crate) fn check_id(kind: &'static str, s: &str, max: usize, extra: &str) -> Result<(), IdError> {
+pub(crate) fn check_id(
+    kind: &'static str,
+    s: &str,
+    max: usize,
+    extra: &str,
+) -> Result<(), IdError> {
     let err = |reason| IdError { kind, reason };
     let first = s.chars().next().ok_or(err(IdErrorReason::Empty))?;
     if s.len() > max {
@@ -39,10 +44,9 @@ pub(crate) fn check_id(kind: &'static str, s: &str, max: usize, extra: &str) -> 
     if !first.is_ascii_alphanumeric() {
         return Err(err(IdErrorReason::BadStart));
     }
-    match s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') || extra.contains(*c)))
-    {
+    match s.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') || extra.contains(*c))
+    }) {
         Some(c) => Err(err(IdErrorReason::BadChar(c))),
         None => Ok(()),
     }
@@ -70,7 +74,14 @@ pub fn uuid_v4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 macro_rules! string_id {
@@ -223,7 +234,13 @@ mod tests {
 
     #[test]
     fn accepts_the_seed_examples() {
-        for s in ["build-123456789", "vm-123", "my-instance", "uuid", "docker-container-id"] {
+        for s in [
+            "build-123456789",
+            "vm-123",
+            "my-instance",
+            "uuid",
+            "docker-container-id",
+        ] {
             VmId::new(s).unwrap();
         }
         ImageRef::new("pytorch/pytorch:2.0.1-cuda11.7-cudnn8-runtime").unwrap();
@@ -233,7 +250,18 @@ mod tests {
 
     #[test]
     fn refuses_path_escapes_and_junk() {
-        for s in ["", "..", ".", "../etc/passwd", "/abs", "a/b", "-rf", ".hidden", "a b", "é"] {
+        for s in [
+            "",
+            "..",
+            ".",
+            "../etc/passwd",
+            "/abs",
+            "a/b",
+            "-rf",
+            ".hidden",
+            "a b",
+            "é",
+        ] {
             assert!(ImageName::new(s).is_err(), "{s:?} accepted");
             assert!(VmId::new(s).is_err(), "{s:?} accepted");
         }

@@ -58,7 +58,10 @@ impl ByteSize {
         if digits.is_empty() {
             return Err(SizeError::Syntax);
         }
-        let unit = unit.strip_suffix('b').filter(|u| !u.is_empty()).unwrap_or(unit);
+        let unit = unit
+            .strip_suffix('b')
+            .filter(|u| !u.is_empty())
+            .unwrap_or(unit);
         let mult = match unit {
             "" | "b" => 1,
             u => {
@@ -86,7 +89,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (unit, mult) = UNITS
             .iter()
-            .find(|(_, m)| self.0 % m == 0)
+            .find(|(_, m)| self.0.is_multiple_of(*m))
             .copied()
             .unwrap_or(('b', 1));
         if unit == 'b' {

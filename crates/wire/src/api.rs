@@ -1,0 +1,357 @@
+//! Seed 002: the control plane's REST API, plus the sign-in and node-registry bodies that
+//! `shared/CONTRACT.md` fixes. Fields are snake_case, as in the documents.
+//!
+//! Requests refuse unknown fields. Every success body carries `success: true` and every error
+//! body `success: false`, fixed by [`Success`].
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use vmfleet_core::{
+    ChecksumAddress, ImageName, NodeId, SnapshotId, VmId, VmName, VmResources, VmState,
+    WalletAddress,
+};
+
+use crate::flag::Success;
+
+/// `GET /health` answers the JSON string `"healthy"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    #[serde(rename = "healthy")]
+    Healthy,
+}
+
+/// `POST /ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingRequest {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingResponse {
+    pub message: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// `POST /vm/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmRequest {
+    pub name: VmName,
+    pub owner: WalletAddress,
+    pub vm_config: VmConfig,
+}
+
+/// The shape of a new VM. `kernel` and `rootfs` name images of the node's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub vcpu_count: u32,
+    pub mem_size_mib: u64,
+    /// Root disk size in GiB.
+    #[serde(default = "default_disk_size")]
+    pub disk_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    #[serde(default = "default_kernel")]
+    pub kernel: ImageName,
+    #[serde(default = "default_rootfs")]
+    pub rootfs: ImageName,
+}
+
+/// The catalog's default kernel (`shared/CONTRACT.md`, guest images).
+pub const DEFAULT_KERNEL: &str = "vmlinux.bin";
+/// The catalog's default root filesystem.
+pub const DEFAULT_ROOTFS: &str = "rootfs.ext4";
+
+fn default_disk_size() -> u64 {
+    1
+}
+
+fn default_image(name: &'static str) -> ImageName {
+    match ImageName::new(name) {
+        Ok(n) => n,
+        Err(e) => unreachable!("the default image name {name} is valid: {e}"),
+    }
+}
+
+fn default_kernel() -> ImageName {
+    default_image(DEFAULT_KERNEL)
+}
+
+fn default_rootfs() -> ImageName {
+    default_image(DEFAULT_ROOTFS)
+}
+
+impl VmConfig {
+    pub fn resources(&self) -> VmResources {
+        VmResources {
+            vcpu_count: self.vcpu_count,
+            mem_size_mib: self.mem_size_mib,
+            disk_size: self.disk_size,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmResponse {
+    pub success: Success<true>,
+    pub vm_id: VmId,
+    pub message: String,
+}
+
+/// Names one VM of one owner: the body of `/vm/boot`, `/vm/start`, `/vm/reboot`,
+/// `/vm/delete`, `/vm/info`, `/vm/power-button` and `/vm/coredump`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRef {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+}
+
+/// `POST /vm/stop`: graceful unless `force`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopVmRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The body of every successful operation that returns nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionResponse {
+    pub success: Success<true>,
+    pub message: String,
+}
+
+impl ActionResponse {
+    pub fn new(message: impl Into<String>) -> Self {
+        ActionResponse {
+            success: Success,
+            message: message.into(),
+        }
+    }
+}
+
+/// `POST /vm/list`: the caller's VMs; an admin may ask for one owner's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListVmsRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<WalletAddress>,
+}
+
+/// A VM as `/vm/info` and `/vm/list` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmInfo {
+    pub build_id: VmId,
+    pub name: VmName,
+    pub owner: WalletAddress,
+    pub state: VmState,
+    pub resources: VmResources,
+    /// `null` until the VM has an address.
+    pub ip_address: Option<IpAddr>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// `POST /vm/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    /// Chosen by the server when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<SnapshotId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotResponse {
+    pub success: Success<true>,
+    pub snapshot_id: SnapshotId,
+    pub message: String,
+}
+
+/// `POST /vm/restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub snapshot_id: SnapshotId,
+}
+
+/// `POST /vm/resize/vcpu`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVcpuRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub vcpu_count: u32,
+}
+
+/// `POST /vm/resize/memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeMemoryRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub mem_size_mib: u64,
+}
+
+/// `POST /vm/disk/add`: a new empty disk of `size_gb` GiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDiskRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub size_gb: u64,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The body of every error: `success: false`, a sentence, and a machine-readable code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub success: Success<false>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ApiErrorCode>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            success: Success,
+            message: message.into(),
+            code: Some(code),
+        }
+    }
+}
+
+/// Machine-readable error codes, one per HTTP status the API answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApiErrorCode {
+    /// 400
+    BadRequest,
+    /// 401
+    Unauthorized,
+    /// 403
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 409: the VM's state does not allow the operation, or another is in flight.
+    Conflict,
+    /// 413
+    PayloadTooLarge,
+    /// 429
+    RateLimited,
+    /// 500
+    Internal,
+    /// 501: the VM's hypervisor cannot do this.
+    Unsupported,
+    /// 503: no node can take the work now.
+    Unavailable,
+}
+
+impl ApiErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ApiErrorCode::BadRequest => 400,
+            ApiErrorCode::Unauthorized => 401,
+            ApiErrorCode::Forbidden => 403,
+            ApiErrorCode::NotFound => 404,
+            ApiErrorCode::Conflict => 409,
+            ApiErrorCode::PayloadTooLarge => 413,
+            ApiErrorCode::RateLimited => 429,
+            ApiErrorCode::Internal => 500,
+            ApiErrorCode::Unsupported => 501,
+            ApiErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// `GET /auth/nonce`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceResponse {
+    pub nonce: String,
+}
+
+/// `POST /auth/login`: an EIP-4361 message and its EIP-191 signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub message: String,
+    /// `0x` and 65 bytes of hex.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginResponse {
+    pub token: String,
+    pub address: ChecksumAddress,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /nodes` (admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNodeRequest {
+    pub name: String,
+}
+
+/// The node's host key is shown here once; the server keeps only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNodeResponse {
+    pub node_id: NodeId,
+    pub host_api_key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode_body;
+
+    #[test]
+    fn success_flag_is_fixed_by_the_type() {
+        let err = r#"{"success":false,"message":"no"}"#;
+        assert!(decode_body::<ErrorBody>("error", err).is_ok());
+        assert!(decode_body::<ActionResponse>("action", err).is_err());
+        let ok = r#"{"success":true,"message":"yes"}"#;
+        assert!(decode_body::<ErrorBody>("error", ok).is_err());
+    }
+
+    #[test]
+    fn create_defaults_images_and_refuses_unknown_fields() {
+        let body = r#"{"name":"a","owner":"0x1234567890abcdef1234567890abcdef12345678",
+                       "vm_config":{"vcpu_count":1,"mem_size_mib":256}}"#;
+        let req: CreateVmRequest = decode_body("create", body).unwrap();
+        assert_eq!(req.vm_config.kernel.as_str(), DEFAULT_KERNEL);
+        assert_eq!(req.vm_config.rootfs.as_str(), DEFAULT_ROOTFS);
+        let extra = body.replace("\"name\"", "\"hack\":1,\"name\"");
+        assert!(decode_body::<CreateVmRequest>("create", &extra).is_err());
+        let escape = body.replace(
+            "\"vcpu_count\"",
+            "\"kernel\":\"../../etc/shadow\",\"vcpu_count\"",
+        );
+        assert!(decode_body::<CreateVmRequest>("create", &escape).is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Seed 001: the Socket.IO namespace `/fleet` between host agents and the control plane.
+//!
+//! A Socket.IO event is a name and a JSON payload. [`AgentEvent`] closes the set the agent
+//! emits, [`BackendCommand`] the set the control plane emits; both decode from
+//! `(name, payload)` with a typed error. Fields are camelCase, as in the document.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use vmfleet_core::{ByteSize, ContainerId, GpuIndex, ImageRef, NodeId, RentalId};
+
+use crate::error::{DecodeError, from_value, known};
+
+/// The namespace agents connect to.
+pub const NAMESPACE: &str = "/fleet";
+
+/// `heartbeat`: the agent's health and host metrics, every 5 s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    pub status: NodeStatus,
+    pub metrics: HostMetrics,
+}
+
+/// What the node offers, as it reports it in heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Available for new rentals.
+    Online,
+    /// Running a rental.
+    Busy,
+    /// Draining or under maintenance: no new rentals.
+    Maintenance,
+}
+
+/// Host metrics, read from the host (never invented). GPU arrays are per GPU, in index order,
+/// and empty on a host without GPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostMetrics {
+    /// Degrees Celsius; `null` where the host exposes no sensor.
+    pub cpu_temp: Option<f64>,
+    pub cpu_usage_percent: f64,
+    #[serde(default)]
+    pub gpu_temp: Vec<f64>,
+    #[serde(default)]
+    pub gpu_utilization: Vec<f64>,
+    #[serde(default)]
+    pub gpu_memory_used_mb: Vec<u64>,
+    pub ram_usage_mb: u64,
+    pub ram_total_mb: u64,
+    pub disk_usage_gb: f64,
+    pub disk_total_gb: f64,
+    pub network_rx_mbps: f64,
+    pub network_tx_mbps: f64,
+}
+
+/// `instance_started`: a container (or VM) of a rental is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceStarted {
+    pub rental_id: RentalId,
+    pub container_id: ContainerId,
+    pub connection_info: ConnectionInfo,
+}
+
+/// How a renter reaches the instance: the proxy's host and ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionInfo {
+    pub ssh_host: String,
+    pub ssh_port: u16,
+    /// Container port -> public port.
+    #[serde(default)]
+    pub additional_ports: BTreeMap<u16, u16>,
+}
+
+/// `instance_stopped`: a container (or VM) of a rental is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceStopped {
+    pub rental_id: RentalId,
+    pub container_id: ContainerId,
+    pub reason: StopReason,
+    pub error_message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// Stopped by user or platform request.
+    Requested,
+    /// Stopped by an error.
+    Error,
+    /// The rental's time ran out.
+    Timeout,
+}
+
+/// `start_instance`: run a container for a rental.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartInstance {
+    pub rental_id: RentalId,
+    pub image: ImageRef,
+    pub resource_limits: ResourceLimits,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    /// Container port -> public port on the node's proxy.
+    #[serde(default)]
+    pub proxy_port_mapping: BTreeMap<u16, u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceLimits {
+    #[serde(default)]
+    pub gpu_indices: Vec<GpuIndex>,
+    /// CPU cores, possibly fractional (Docker NanoCPUs).
+    pub cpu_cores: f64,
+    pub ram_limit: ByteSize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_limit: Option<ByteSize>,
+}
+
+/// `stop_instance`: stop a rental's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StopInstance {
+    pub rental_id: RentalId,
+    pub container_id: ContainerId,
+    #[serde(default = "yes")]
+    pub graceful: bool,
+    #[serde(default = "default_stop_timeout")]
+    pub timeout_seconds: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_stop_timeout() -> u32 {
+    30
+}
+
+/// `drain_node`: take no new work, let current rentals finish, report `maintenance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DrainNode {
+    pub node_id: NodeId,
+    pub reason: String,
+}
+
+/// The acknowledgement of an event: `{ "success": true }`, or `false` with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Ack {
+    pub fn ok() -> Self {
+        Ack {
+            success: true,
+            message: None,
+        }
+    }
+
+    pub fn refused(message: impl Into<String>) -> Self {
+        Ack {
+            success: false,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// An event the agent emits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    Heartbeat(Heartbeat),
+    InstanceStarted(InstanceStarted),
+    InstanceStopped(InstanceStopped),
+}
+
+/// A command the control plane emits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendCommand {
+    StartInstance(StartInstance),
+    StopInstance(StopInstance),
+    DrainNode(DrainNode),
+}
+
+impl AgentEvent {
+    pub const NAMES: [&'static str; 3] = ["heartbeat", "instance_started", "instance_stopped"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentEvent::Heartbeat(_) => "heartbeat",
+            AgentEvent::InstanceStarted(_) => "instance_started",
+            AgentEvent::InstanceStopped(_) => "instance_stopped",
+        }
+    }
+
+    pub fn payload(&self) -> Value {
+        let v = match self {
+            AgentEvent::Heartbeat(p) => serde_json::to_value(p),
+            AgentEvent::InstanceStarted(p) => serde_json::to_value(p),
+            AgentEvent::InstanceStopped(p) => serde_json::to_value(p),
+        };
+        // Serializing these types cannot fail: every map key is a string or an integer.
+        v.unwrap_or(Value::Null)
+    }
+
+    pub fn decode(name: &str, payload: &Value) -> Result<Self, DecodeError> {
+        match known(name, &Self::NAMES) {
+            Some(kind @ "heartbeat") => from_value(kind, payload).map(AgentEvent::Heartbeat),
+            Some(kind @ "instance_started") => {
+                from_value(kind, payload).map(AgentEvent::InstanceStarted)
+            }
+            Some(kind) => from_value(kind, payload).map(AgentEvent::InstanceStopped),
+            None => Err(match known(name, &BackendCommand::NAMES) {
+                Some(cmd) => DecodeError::WrongDirection(cmd),
+                None => DecodeError::UnknownType(name.to_owned()),
+            }),
+        }
+    }
+}
+
+impl BackendCommand {
+    pub const NAMES: [&'static str; 3] = ["start_instance", "stop_instance", "drain_node"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendCommand::StartInstance(_) => "start_instance",
+            BackendCommand::StopInstance(_) => "stop_instance",
+            BackendCommand::DrainNode(_) => "drain_node",
+        }
+    }
+
+    pub fn payload(&self) -> Value {
+        let v = match self {
+            BackendCommand::StartInstance(p) => serde_json::to_value(p),
+            BackendCommand::StopInstance(p) => serde_json::to_value(p),
+            BackendCommand::DrainNode(p) => serde_json::to_value(p),
+        };
+        // Serializing these types cannot fail: every map key is a string or an integer.
+        v.unwrap_or(Value::Null)
+    }
+
+    pub fn decode(name: &str, payload: &Value) -> Result<Self, DecodeError> {
+        match known(name, &Self::NAMES) {
+            Some(kind @ "start_instance") => {
+                from_value(kind, payload).map(BackendCommand::StartInstance)
+            }
+            Some(kind @ "stop_instance") => {
+                from_value(kind, payload).map(BackendCommand::StopInstance)
+            }
+            Some(kind) => from_value(kind, payload).map(BackendCommand::DrainNode),
+            None => Err(match known(name, &AgentEvent::NAMES) {
+                Some(ev) => DecodeError::WrongDirection(ev),
+                None => DecodeError::UnknownType(name.to_owned()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_and_directions() {
+        assert!(matches!(
+            AgentEvent::decode("start_instance", &json!({})),
+            Err(DecodeError::WrongDirection("start_instance"))
+        ));
+        assert!(matches!(
+            BackendCommand::decode("reboot", &json!({})),
+            Err(DecodeError::UnknownType(_))
+        ));
+        assert!(matches!(
+            AgentEvent::decode("heartbeat", &json!({"nodeId": "n1"})),
+            Err(DecodeError::Invalid {
+                kind: "heartbeat",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn ram_limit_is_a_size() {
+        let bad = json!({
+            "rentalId": "r1", "image": "busybox:latest",
+            "resourceLimits": { "cpuCores": 1, "ramLimit": "lots" }
+        });
+        assert!(BackendCommand::decode("start_instance", &bad).is_err());
+        let ok = json!({
+            "rentalId": "r1", "image": "busybox:latest",
+            "resourceLimits": { "cpuCores": 0.5, "ramLimit": "512m" }
+        });
+        let BackendCommand::StartInstance(s) =
+            BackendCommand::decode("start_instance", &ok).unwrap()
+        else {
+            panic!("wrong command")
+        };
+        assert_eq!(s.resource_limits.ram_limit.as_mib(), 512);
+        assert!(s.resource_limits.gpu_indices.is_empty());
+    }
+}
