@@ -1,0 +1,9 @@
+//! The host agent that runs on every compute node. It only ever dials out to the control
+//! plane, so nodes behind NAT work.
+//!
+//! Today: its configuration ([`AgentConfig`]), read from the environment variables of seeds
+//! 000/001 and from flags.
+
+mod config;
+
+pub use config::{AgentConfig, ConfigError, LogLevel};

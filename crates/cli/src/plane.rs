@@ -1,0 +1,95 @@
+//! Starting and stopping a control plane over a data directory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use vmfleet_auth::{Permission, Role, Subject};
+use vmfleet_core::Timestamp;
+use vmfleet_server::AppState;
+
+use crate::{CliError, DataDir, PlaneArgs};
+
+#[derive(Debug, Clone)]
+pub struct PlaneOptions {
+    pub data_dir: std::path::PathBuf,
+    pub listen: SocketAddr,
+    pub token_ttl: Duration,
+}
+
+impl From<&PlaneArgs> for PlaneOptions {
+    fn from(a: &PlaneArgs) -> Self {
+        PlaneOptions {
+            data_dir: a.data_dir.clone(),
+            listen: a.listen,
+            token_ttl: a.token_ttl,
+        }
+    }
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    data_dir: DataDir,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl ControlPlane {
+    /// Opens the data dir, writes a fresh admin token, binds the listener and starts serving.
+    pub async fn start(opts: PlaneOptions) -> Result<Self, CliError> {
+        let data_dir = DataDir::open(&opts.data_dir)?;
+        let key = data_dir.jwt_key()?;
+        let now = Timestamp::now().unix_seconds();
+        let ttl = i64::try_from(opts.token_ttl.as_secs()).unwrap_or(i64::MAX);
+        let admin = key.issue_for(
+            &Subject::Operator("admin".into()),
+            Role::Admin,
+            &[Permission::Read, Permission::Control, Permission::Console],
+            now,
+            ttl,
+        );
+        data_dir.write_admin_token(&admin)?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| CliError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = AppState::new(key);
+        let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%addr, "control plane started");
+        Ok(ControlPlane {
+            addr,
+            data_dir,
+            stop,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and returns.
+    pub async fn stop(self) -> Result<(), CliError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(r) => r.map_err(CliError::Serve),
+            Err(join) => Err(CliError::Serve(std::io::Error::other(join))),
+        }
+    }
+}

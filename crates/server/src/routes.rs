@@ -1,0 +1,45 @@
+use axum::Json;
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::{get, post};
+use vmfleet_core::Timestamp;
+use vmfleet_wire::api::{Health, PingRequest, PingResponse};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::Body;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ping", post(ping))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// `GET /health`: the process is up and serving.
+async fn health() -> Json<Health> {
+    Json(Health::Healthy)
+}
+
+/// `POST /ping`: the service parses and answers requests.
+async fn ping(Body(_req): Body<PingRequest>) -> Json<PingResponse> {
+    Json(PingResponse {
+        message: "pong".into(),
+        timestamp: Timestamp::now().unix_seconds(),
+    })
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError::NoRoute {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+}

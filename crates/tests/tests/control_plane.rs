@@ -1,0 +1,199 @@
+//! The control plane over real loopback sockets: health, ping, the admin token, and seed
+//! 002's error body for every kind of bad request.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use vmfleet_auth::{Role, Subject};
+use vmfleet_cli::{ControlPlane, DataDir, PlaneOptions};
+use vmfleet_client::{Client, ClientError};
+use vmfleet_core::Timestamp;
+use vmfleet_wire::api::{ApiErrorCode, ErrorBody, Health};
+
+async fn start(dir: &std::path::Path) -> ControlPlane {
+    ControlPlane::start(PlaneOptions {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_ttl: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn health_and_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path()).await;
+    let client = Client::new(&format!("http://{}", plane.addr())).unwrap();
+    assert_eq!(client.health().await.unwrap(), Health::Healthy);
+    let pong = client.ping().await.unwrap();
+    assert_eq!(pong.message, "pong");
+    assert!((pong.timestamp - Timestamp::now().unix_seconds()).abs() < 5);
+    // The raw body of /health is the JSON string of seed 002.
+    let raw = reqwest::get(format!("http://{}/health", plane.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(raw, "\"healthy\"");
+    plane.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_token_is_private_verifiable_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path()).await;
+    let data = plane.data_dir().clone();
+    let path = data.admin_token_path();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(data.root()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let token = std::fs::read_to_string(&path).unwrap();
+    let now = Timestamp::now().unix_seconds();
+    let verified = data.jwt_key().unwrap().verify(token.trim(), now).unwrap();
+    assert_eq!(verified.role, Role::Admin);
+    assert_eq!(verified.subject, Subject::Operator("admin".into()));
+    assert!(verified.expires_at <= now + 3600);
+    plane.stop().await.unwrap();
+
+    // A restart keeps the signing key: the old token still verifies.
+    let plane = start(dir.path()).await;
+    let key = DataDir::open(dir.path().join("data"))
+        .unwrap()
+        .jwt_key()
+        .unwrap();
+    key.verify(token.trim(), now).unwrap();
+    plane.stop().await.unwrap();
+}
+
+async fn raw(
+    plane: &ControlPlane,
+    method: reqwest::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, ErrorBody) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", plane.addr()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = vmfleet_wire::decode_body::<ErrorBody>("error", &text)
+        .unwrap_or_else(|e| panic!("{path}: not an error body ({e}): {text}"));
+    (status, body)
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_seed_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path()).await;
+    use reqwest::Method;
+    let cases: Vec<(Method, &str, Vec<u8>, u16, ApiErrorCode)> = vec![
+        (
+            Method::POST,
+            "/ping",
+            b"{".to_vec(),
+            400,
+            ApiErrorCode::BadRequest,
+        ),
+        (
+            Method::POST,
+            "/ping",
+            b"[]".to_vec(),
+            400,
+            ApiErrorCode::BadRequest,
+        ),
+        (
+            Method::POST,
+            "/ping",
+            br#"{"message":7}"#.to_vec(),
+            400,
+            ApiErrorCode::BadRequest,
+        ),
+        (
+            Method::POST,
+            "/ping",
+            br#"{"message":"ping","x":1}"#.to_vec(),
+            400,
+            ApiErrorCode::BadRequest,
+        ),
+        (
+            Method::POST,
+            "/ping",
+            vec![0xff, 0xfe],
+            400,
+            ApiErrorCode::BadRequest,
+        ),
+        (
+            Method::POST,
+            "/ping",
+            vec![b' '; 70_000],
+            413,
+            ApiErrorCode::PayloadTooLarge,
+        ),
+        (
+            Method::GET,
+            "/no/such/thing",
+            vec![],
+            404,
+            ApiErrorCode::NotFound,
+        ),
+        (
+            Method::DELETE,
+            "/health",
+            vec![],
+            405,
+            ApiErrorCode::BadRequest,
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got_status, got) = raw(&plane, method.clone(), path, body).await;
+        assert_eq!(
+            (got_status, got.code),
+            (status, Some(code)),
+            "{method} {path}: {got:?}"
+        );
+        assert!(!got.message.is_empty());
+    }
+    // The client surfaces the API's error as a typed error with the message.
+    let client = Client::new(&format!("http://{}", plane.addr())).unwrap();
+    assert!(matches!(
+        Client::new("ftp://x"),
+        Err(ClientError::BadUrl(_))
+    ));
+    drop(client);
+    plane.stop().await.unwrap();
+}
+
+#[test]
+fn listen_conflict_is_a_clear_error() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let plane = start(dir.path()).await;
+        let err = ControlPlane::start(PlaneOptions {
+            data_dir: dir.path().join("other"),
+            listen: plane.addr(),
+            token_ttl: Duration::from_secs(60),
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(
+            vmfleet_cli::error_chain(&err)
+                .starts_with(&format!("cannot listen on {}", plane.addr()))
+        );
+        plane.stop().await.unwrap();
+    });
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs vmfleet on a Debian machine: installs what it needs on first run, builds the release
+# binary, then starts `vmfleet up` (control plane + local agent, SQLite in ./vmfleet-data).
+# Arguments are passed to `vmfleet up`, e.g. `scripts/run.sh --listen 127.0.0.1:9000`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_rust
+ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils
+
+cargo build --release --locked --bin vmfleet
+exec target/release/vmfleet up "$@"

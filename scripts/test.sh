@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of vmfleet on a Debian machine: installs what the tests need, then checks
+# formatting and lints, builds, and runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_rust
+# What the test suite drives for real: QEMU guests (TCG), their image build, Docker.
+ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils docker.io
+
+echo "== cargo fmt"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked
