@@ -1,0 +1,94 @@
+use std::io;
+use std::path::PathBuf;
+
+use vmfleet_core::{InvalidTransition, ResourceError, VmId};
+
+use crate::catalog::CatalogError;
+
+/// What can go wrong running a guest. Each variant names its cause; the layers above map them
+/// to seed 002's statuses (see [`HypervisorError::class`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("the {backend} driver cannot {op}")]
+    Unsupported {
+        backend: &'static str,
+        op: &'static str,
+    },
+    #[error(transparent)]
+    InvalidState(#[from] InvalidTransition),
+    #[error("VM {0} does not exist")]
+    NotFound(VmId),
+    #[error("VM {0} already exists")]
+    AlreadyExists(VmId),
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("the host cannot give {0}")]
+    InsufficientResources(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("the hypervisor binary {0} is not installed")]
+    BinaryMissing(String),
+    #[error("KVM is not usable on this host: {0}")]
+    KvmUnusable(String),
+    #[error("{backend} failed to start")]
+    Launch {
+        backend: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{backend} protocol error: {message}")]
+    Protocol {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("the guest failed: {0}")]
+    GuestFailed(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("{} cannot be used", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How the outside world should read an error: the HTTP status family of seed 002.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 400: the request is wrong.
+    BadRequest,
+    /// 404
+    NotFound,
+    /// 409: the VM's state forbids it.
+    Conflict,
+    /// 501: this driver cannot do it.
+    Unsupported,
+    /// 500: the host or the hypervisor failed.
+    Internal,
+}
+
+impl HypervisorError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            HypervisorError::Unsupported { .. } => ErrorClass::Unsupported,
+            HypervisorError::InvalidState(_) | HypervisorError::AlreadyExists(_) => {
+                ErrorClass::Conflict
+            }
+            HypervisorError::NotFound(_) => ErrorClass::NotFound,
+            HypervisorError::Resources(_)
+            | HypervisorError::InvalidSpec(_)
+            | HypervisorError::InsufficientResources(_)
+            | HypervisorError::Catalog(_) => ErrorClass::BadRequest,
+            _ => ErrorClass::Internal,
+        }
+    }
+
+    /// Wraps an IO error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| HypervisorError::Io { path, source }
+    }
+}
