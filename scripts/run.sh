@@ -9,5 +9,8 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils
 
+# The test guest (kernel, initramfs, root filesystem) from Debian's packages, cached.
+scripts/guest/build-guest-image.sh
+
 cargo build --release --locked --bin vmfleet
 exec target/release/vmfleet up "$@"

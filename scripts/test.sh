@@ -9,6 +9,9 @@ ensure_rust
 # What the test suite drives for real: QEMU guests (TCG), their image build, Docker.
 ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils docker.io
 
+# The test guest (kernel, initramfs, root filesystem) from Debian's packages, cached.
+scripts/guest/build-guest-image.sh
+
 echo "== cargo fmt"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -29,6 +29,9 @@
 #     -append "console=ttyS0 root=/dev/vda rw panic=-1 quiet" \
 #     -drive id=root,file=rootfs.ext4,format=raw,if=none \
 #     -device virtio-blk-device,drive=root -serial stdio
+# Under TCG also append tsc_early_khz=<host TSC kHz>: see smoke-boot.sh. Keep
+# microvm's ACPI on (the default): the kernel finds the virtio-mmio devices
+# and the power button only through the ACPI DSDT.
 #
 # Needs: apt-get/apt-cache (Debian 12) and root when a build tool is missing.
 set -euo pipefail
@@ -48,7 +51,9 @@ ROOTFS_SIZE=64M
 #   ext4           : root filesystem (pulls jbd2, mbcache, crc16)
 #   button         : ACPI power button (PNP0C0C, microvm's PWRB) -> KEY_POWER
 #   evdev          : /dev/input/event* so busybox acpid sees that key press
-GUEST_MODULES=(virtio_mmio virtio_blk crc32c_generic ext4 button evdev)
+#   virtio_balloon : memory resize (QMP balloon) and the guest's memory stats
+#   virtio_net     : the NIC on the VM's TAP device
+GUEST_MODULES=(virtio_mmio virtio_blk crc32c_generic ext4 button evdev virtio_balloon virtio_net)
 BUILD_TOOLS=(busybox-static cpio e2fsprogs xz-utils gzip)
 
 # --------------------------------------------------------------------------
@@ -81,11 +86,12 @@ find_kernel_package() {
     names=$(apt-cache pkgnames linux-image-6.1.0- 2>/dev/null |
         grep -E '^linux-image-6\.1\.0-[0-9]+-amd64(-unsigned)?$' || true)
     [ -n "$names" ] || return 1
-    # madison prints "pkg | version | archive" for each fetchable version.
+    # madison prints "pkg | version | archive" for each fetchable version
+    # (binary ones end in "Packages"; skip deb-src "Sources" lines).
     # shellcheck disable=SC2086
-    while IFS='|' read -r pkg ver _; do
+    while IFS='|' read -r pkg ver archive; do
         pkg=${pkg// /}; ver=${ver// /}
-        [ -n "$ver" ] || continue
+        [[ -n $ver && $archive == *Packages ]] || continue
         if [ -z "$best_ver" ] || dpkg --compare-versions "$ver" gt "$best_ver" ||
             { [ "$ver" = "$best_ver" ] && [ "${pkg%-unsigned}" != "$pkg" ] &&
               [ "${best_pkg%-unsigned}" = "$best_pkg" ]; }; then
@@ -168,7 +174,7 @@ vmlinuz=$(ls "$KROOT"/boot/vmlinuz-*)
 KRELEASE=${vmlinuz##*/vmlinuz-}
 KCONFIG=$KROOT/boot/config-$KRELEASE
 MODDIR=$KROOT/lib/modules/$KRELEASE
-[ -f "$KCONFIG" ] && [ -d "$MODDIR" ] || die "unexpected layout in $deb"
+[[ -f $KCONFIG && -d $MODDIR ]] || die "unexpected layout in $deb"
 log "kernel release $KRELEASE"
 
 # --------------------------------------------------------------------------
@@ -177,6 +183,7 @@ log "kernel release $KRELEASE"
 # --------------------------------------------------------------------------
 extract_vmlinux() {
     local src=$1 dst=$2 off
+    # shellcheck disable=SC2013 # (byte offsets, one word each)
     for off in $(LC_ALL=C grep -obUaP '\xFD7zXZ\x00' "$src" | cut -d: -f1); do
         # (process substitution: tail's SIGPIPE when xz stops at the end of
         # the stream must not fail the pipeline under pipefail)
@@ -230,7 +237,7 @@ for m in "${GUEST_MODULES[@]}"; do
     [ -n "${MODPATH[$key]:-}" ] || die "module $m neither built in nor in modules.dep"
     visit "${MODPATH[$key]}"
 done
-LOADED_NAMES=$(for p in "${LOAD_ORDER[@]}"; do n=${p##*/}; printf '%s ' "${n%.ko*}"; done)
+LOADED_NAMES=$(for p in "${LOAD_ORDER[@]}"; do n=${p##*/}; printf '%s\n' "${n%.ko*}"; done | paste -sd' ')
 log "initramfs modules (load order): $LOADED_NAMES"
 
 # --------------------------------------------------------------------------
@@ -284,8 +291,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 
 # Kernel command line: root=/dev/X, rootfstype=, ro/rw, init=,
-# vmfleet.rootwait=SECONDS (default 5), vmfleet.shell (stay in initramfs).
-root=/dev/vda rootfstype=ext4 mode=rw init=/sbin/init rootwait=5 shell=
+# vmfleet.rootwait=SECONDS (default 3), vmfleet.shell (stay in initramfs).
+# (virtio_blk probes synchronously inside insmod, so a present disk is there
+# at once; the wait only delays the rescue shell when there is no disk.)
+root=/dev/vda rootfstype=ext4 mode=rw init=/sbin/init rootwait=3 shell=
+set -f
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         root=/dev/*) root=${arg#root=} ;;
@@ -296,6 +306,7 @@ for arg in $(cat /proc/cmdline); do
         vmfleet.shell) shell=1 ;;
     esac
 done
+set +f
 
 # Load modules, dependencies first (order computed from modules.dep at build).
 while read -r mod; do
@@ -435,6 +446,7 @@ publish "$WORK/rootfs.ext4" rootfs.ext4
     echo "initramfs_modules=$LOADED_NAMES"
     echo "rootfs_size=$ROOTFS_SIZE"
     echo "kernel_cmdline=console=ttyS0 root=/dev/vda rw panic=-1 quiet"
+    echo "kernel_cmdline_tcg=tsc_early_khz=<host TSC kHz> (else PIT calibration can fail and hang the boot)"
     echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     for f in "${OUTPUTS[@]}"; do
         echo "sha256_$f=$(sha256sum "$OUT_DIR/$f" | cut -d' ' -f1)"

@@ -20,6 +20,12 @@ pub enum HypervisorError {
     NotFound(VmId),
     #[error("VM {0} already exists")]
     AlreadyExists(VmId),
+    #[error("VM {0} is not running")]
+    NotRunning(VmId),
+    #[error("VM {0} is busy with another operation")]
+    Busy(VmId),
+    #[error("VM {vm} has no snapshot {snapshot}")]
+    NoSnapshot { vm: VmId, snapshot: String },
     #[error(transparent)]
     Resources(#[from] ResourceError),
     #[error("{0}")]
@@ -74,10 +80,13 @@ impl HypervisorError {
     pub fn class(&self) -> ErrorClass {
         match self {
             HypervisorError::Unsupported { .. } => ErrorClass::Unsupported,
-            HypervisorError::InvalidState(_) | HypervisorError::AlreadyExists(_) => {
-                ErrorClass::Conflict
+            HypervisorError::InvalidState(_)
+            | HypervisorError::AlreadyExists(_)
+            | HypervisorError::Busy(_)
+            | HypervisorError::NotRunning(_) => ErrorClass::Conflict,
+            HypervisorError::NotFound(_) | HypervisorError::NoSnapshot { .. } => {
+                ErrorClass::NotFound
             }
-            HypervisorError::NotFound(_) => ErrorClass::NotFound,
             HypervisorError::Resources(_)
             | HypervisorError::InvalidSpec(_)
             | HypervisorError::InsufficientResources(_)

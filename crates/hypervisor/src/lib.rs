@@ -17,3 +17,11 @@ pub use backend::{
 pub use catalog::{CatalogError, CatalogImage, ImageCatalog};
 pub use console::{Console, ConsoleError, ConsoleReader, SCROLLBACK_BYTES};
 pub use error::{ErrorClass, HypervisorError};
+mod hypervisor;
+mod proc;
+pub mod qemu;
+mod vmm;
+
+pub use hypervisor::{CreateVm, Hypervisor, VmStatus};
+pub use vmm::{DEFAULT_BOOT_ARGS, DEFAULT_STOP_TIMEOUT, Vmm};
+pub mod net;

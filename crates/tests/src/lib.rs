@@ -1,6 +1,11 @@
 //! Helpers shared by the integration tests in `tests/`.
 
-use std::path::PathBuf;
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmfleet_hypervisor::{Console, ConsoleReader, ImageCatalog};
 
 /// The `vmfleet` binary of this build, next to the test executables (`cargo build` puts it
 /// there; the README's test command builds it before running the tests).
@@ -18,4 +23,120 @@ pub fn vmfleet_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Where `scripts/guest/build-guest-image.sh` put the test guest.
+pub fn guest_image_dir() -> PathBuf {
+    let dir = std::env::var_os("VMFLEET_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache"));
+            cache.join("vmfleet/images")
+        });
+    for f in ["vmlinux.bin", "initrd.img", "rootfs.ext4"] {
+        assert!(
+            dir.join(f).is_file(),
+            "the test guest is missing ({}): run scripts/guest/build-guest-image.sh",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// A catalog under `root` holding the test guest: `vmlinux.bin`, its companion initrd
+/// `vmlinux.bin.initrd`, and `rootfs.ext4`.
+pub fn guest_catalog(root: &Path) -> ImageCatalog {
+    let src = guest_image_dir();
+    let cat = ImageCatalog::open(root).unwrap();
+    for (from, to) in [
+        ("vmlinux.bin", "vmlinux.bin"),
+        ("initrd.img", "vmlinux.bin.initrd"),
+        ("rootfs.ext4", "rootfs.ext4"),
+    ] {
+        let dest = cat.root().join(to);
+        if std::fs::hard_link(src.join(from), &dest).is_err() {
+            std::fs::copy(src.join(from), &dest).unwrap();
+        }
+    }
+    cat
+}
+
+/// Reads a console from the moment it is made (scrollback included) and waits for text.
+pub struct ConsoleWatch {
+    reader: ConsoleReader,
+    pub seen: Vec<u8>,
+}
+
+impl ConsoleWatch {
+    pub fn new(console: &Console) -> Self {
+        let reader = console.subscribe();
+        let seen = reader.scrollback.to_vec();
+        ConsoleWatch { reader, seen }
+    }
+
+    /// Waits until `needle` appears after byte `from` of what was seen; returns the offset
+    /// just past it.
+    pub async fn wait_for_from(&mut self, from: usize, needle: &str, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = find(&self.seen[from.min(self.seen.len())..], needle.as_bytes()) {
+                return from + at + needle.len();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.reader.live.recv()).await {
+                Ok(Ok(chunk)) => self.seen.extend_from_slice(&chunk),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) => panic!(
+                    "console closed before {needle:?}; it showed:\n{}",
+                    self.text()
+                ),
+                Err(_) => panic!(
+                    "{needle:?} not on the console within {timeout:?}; it showed:\n{}",
+                    self.text()
+                ),
+            }
+        }
+    }
+
+    pub async fn wait_for(&mut self, needle: &str, timeout: Duration) -> usize {
+        self.wait_for_from(0, needle, timeout).await
+    }
+
+    /// Collects output for `d` and returns it.
+    pub async fn collect_for(&mut self, d: Duration) -> String {
+        let start = self.seen.len();
+        let deadline = Instant::now() + d;
+        while let Ok(Ok(chunk)) = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.reader.live.recv(),
+        )
+        .await
+        {
+            self.seen.extend_from_slice(&chunk);
+        }
+        String::from_utf8_lossy(&self.seen[start..]).into_owned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A short random token for `echo vmfleet-<token>` checks.
+pub fn token() -> String {
+    vmfleet_core::uuid_v4()[..8].to_owned()
 }

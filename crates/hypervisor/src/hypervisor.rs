@@ -1,0 +1,118 @@
+//! The operations vmfleet performs on VMs, whatever runs them.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use vmfleet_core::{ImageName, SnapshotId, VmId, VmResources, VmState};
+
+use crate::HypervisorError;
+use crate::backend::{BackendKind, GuestMetrics};
+use crate::console::Console;
+
+/// A VM to define: its size and the catalog images it boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateVm {
+    pub id: VmId,
+    pub resources: VmResources,
+    pub kernel: ImageName,
+    /// When absent, the catalog's companion initrd of the kernel (`<kernel>.initrd`) is used
+    /// if there is one.
+    pub initrd: Option<ImageName>,
+    pub rootfs: ImageName,
+    /// The kernel command line; a serial console and the root disk by default.
+    pub boot_args: Option<String>,
+}
+
+/// A VM as its hypervisor sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmStatus {
+    pub id: VmId,
+    pub backend: BackendKind,
+    pub state: VmState,
+    /// Why the VM is in `error`.
+    pub reason: Option<String>,
+    pub resources: VmResources,
+    pub pid: Option<u32>,
+    pub last_state_change: SystemTime,
+    /// When the running guest was booted (or restored).
+    pub booted_at: Option<SystemTime>,
+}
+
+impl VmStatus {
+    /// Seconds since the guest booted; 0 when no guest runs.
+    pub fn uptime(&self) -> u64 {
+        match (self.state.has_process(), self.booted_at) {
+            (true, Some(t)) => t.elapsed().map_or(0, |d| d.as_secs()),
+            _ => 0,
+        }
+    }
+}
+
+/// Every operation on a VM. Each checks the VM state machine first
+/// ([`vmfleet_core::VmState::begin`]) and refuses the wrong state with
+/// [`HypervisorError::InvalidState`]. Optional capabilities default to `Unsupported`.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn backend(&self) -> BackendKind;
+
+    /// Defines a VM: checks the request, reserves its files. Nothing runs yet.
+    async fn create(&self, req: CreateVm) -> Result<VmStatus, HypervisorError>;
+    /// First boot of a created VM.
+    async fn boot(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    /// Boots a stopped VM again.
+    async fn start(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    /// Graceful stop: the power button, then forced after `timeout`.
+    async fn stop(&self, id: &VmId, timeout: Duration) -> Result<VmStatus, HypervisorError>;
+    async fn force_stop(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    async fn pause(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    async fn resume(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    async fn reboot(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    /// Presses the power button and returns; the guest decides when to power off.
+    async fn power_button(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    /// Stops the VM if it runs and removes it and its files.
+    async fn delete(&self, id: &VmId) -> Result<(), HypervisorError>;
+    async fn status(&self, id: &VmId) -> Result<VmStatus, HypervisorError>;
+    async fn list(&self) -> Vec<VmStatus>;
+    async fn console(&self, id: &VmId) -> Result<Console, HypervisorError>;
+    async fn metrics(&self, id: &VmId) -> Result<GuestMetrics, HypervisorError>;
+    /// Every state change of every VM, as it happens.
+    fn subscribe(&self) -> broadcast::Receiver<VmStatus>;
+
+    async fn snapshot(&self, id: &VmId, snap: SnapshotId) -> Result<SnapshotId, HypervisorError> {
+        let _ = (id, snap);
+        Err(self.unsupported("snapshot"))
+    }
+
+    async fn restore(&self, id: &VmId, snap: &SnapshotId) -> Result<VmStatus, HypervisorError> {
+        let _ = (id, snap);
+        Err(self.unsupported("restore"))
+    }
+
+    async fn resize_vcpus(&self, id: &VmId, vcpus: u32) -> Result<VmStatus, HypervisorError> {
+        let _ = (id, vcpus);
+        Err(self.unsupported("resize vCPUs"))
+    }
+
+    async fn resize_memory(&self, id: &VmId, mib: u64) -> Result<VmStatus, HypervisorError> {
+        let _ = (id, mib);
+        Err(self.unsupported("resize memory"))
+    }
+
+    async fn add_disk(
+        &self,
+        id: &VmId,
+        size_gb: u64,
+        read_only: bool,
+    ) -> Result<VmStatus, HypervisorError> {
+        let _ = (id, size_gb, read_only);
+        Err(self.unsupported("add a disk"))
+    }
+
+    fn unsupported(&self, op: &'static str) -> HypervisorError {
+        HypervisorError::Unsupported {
+            backend: self.backend().as_str(),
+            op,
+        }
+    }
+}

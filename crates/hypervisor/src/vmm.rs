@@ -1,0 +1,608 @@
+//! [`Vmm`]: the [`Hypervisor`] of one backend. It owns the instance table and the files of
+//! each VM, checks the state machine before every operation, serialises operations on one VM,
+//! turns a guest's death into `error` with its reason, and leaves the backend only the
+//! protocol of its hypervisor.
+//!
+//! Layout under the base directory: `<vm id>/root.disk`, `<vm id>/disk<N>.raw`,
+//! `<vm id>/snapshots/<snapshot id>/`, and whatever sockets the backend puts there.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use vmfleet_core::{ImageName, SnapshotId, VmId, VmOp, VmState};
+
+use crate::HypervisorError;
+use crate::backend::{Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch};
+use crate::backend::{SnapshotPaths, VmSpec};
+use crate::catalog::{CatalogError, ImageCatalog};
+use crate::console::Console;
+use crate::hypervisor::{CreateVm, Hypervisor, VmStatus};
+
+/// The kernel command line when the request gives none.
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw";
+
+/// How long a graceful stop waits for the guest after the power button, by default.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Vmm {
+    backend: Arc<dyn Backend>,
+    catalog: ImageCatalog,
+    base: PathBuf,
+    table: Mutex<HashMap<VmId, Arc<Instance>>>,
+    events: broadcast::Sender<VmStatus>,
+    host_mem_mib: u64,
+}
+
+struct Instance {
+    id: VmId,
+    /// Held for the whole of an operation: one operation per VM at a time.
+    op: Arc<tokio::sync::Mutex<()>>,
+    st: Mutex<InstState>,
+}
+
+struct InstState {
+    spec: VmSpec,
+    state: VmState,
+    reason: Option<String>,
+    guest: Option<Arc<dyn Guest>>,
+    /// Counts launches, so that the exit of an old process cannot touch a new one.
+    generation: u64,
+    /// Set while an operation ends the process on purpose: its exit is not a failure.
+    stopping: bool,
+    last_change: SystemTime,
+    booted_at: Option<SystemTime>,
+}
+
+fn host_mem_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib / 1024)
+}
+
+impl Vmm {
+    /// A VMM running `backend`, booting images from `catalog`, keeping VM files under `base`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        catalog: ImageCatalog,
+        base: impl Into<PathBuf>,
+    ) -> Result<Self, HypervisorError> {
+        let base = base.into();
+        std::fs::create_dir_all(&base).map_err(HypervisorError::io(&base))?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Vmm {
+            backend,
+            catalog,
+            base,
+            table: Mutex::new(HashMap::new()),
+            events,
+            host_mem_mib: host_mem_mib(),
+        })
+    }
+
+    pub fn catalog(&self) -> &ImageCatalog {
+        &self.catalog
+    }
+
+    fn dir(&self, id: &VmId) -> PathBuf {
+        self.base.join(id.as_str())
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Arc<Instance>>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &VmId) -> Result<Arc<Instance>, HypervisorError> {
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))
+    }
+
+    /// The instance with its operation lock, or `Busy` when another operation holds it.
+    fn lock(
+        &self,
+        id: &VmId,
+    ) -> Result<(Arc<Instance>, tokio::sync::OwnedMutexGuard<()>), HypervisorError> {
+        let inst = self.get(id)?;
+        let guard = inst
+            .op
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| HypervisorError::Busy(id.clone()))?;
+        Ok((inst, guard))
+    }
+
+    fn status_of(&self, inst: &Instance) -> VmStatus {
+        let st = inst.st();
+        VmStatus {
+            id: inst.id.clone(),
+            backend: self.backend.kind(),
+            state: st.state,
+            reason: st.reason.clone(),
+            resources: st.spec.resources,
+            pid: st.guest.as_ref().map(|g| g.pid()),
+            last_state_change: st.last_change,
+            booted_at: st.booted_at,
+        }
+    }
+
+    fn set_state(&self, inst: &Instance, state: VmState, reason: Option<String>) -> VmStatus {
+        {
+            let mut st = inst.st();
+            if st.state != state || st.reason != reason {
+                st.last_change = SystemTime::now();
+            }
+            st.state = state;
+            st.reason = reason;
+        }
+        let status = self.status_of(inst);
+        let _ = self.events.send(status.clone());
+        status
+    }
+
+    fn resolve(&self, name: &ImageName) -> Result<PathBuf, HypervisorError> {
+        Ok(self.catalog.resolve(name)?)
+    }
+
+    fn running_guest(&self, inst: &Instance) -> Result<Arc<dyn Guest>, HypervisorError> {
+        inst.st()
+            .guest
+            .clone()
+            .ok_or_else(|| HypervisorError::NotRunning(inst.id.clone()))
+    }
+
+    /// Launches the guest process and watches it until it ends.
+    async fn launch(&self, inst: &Arc<Instance>, how: Launch) -> Result<VmStatus, HypervisorError> {
+        let spec = inst.st().spec.clone();
+        let dir = self.dir(&inst.id);
+        match self.backend.launch(&spec, &dir, how).await {
+            Ok(guest) => {
+                let guest: Arc<dyn Guest> = Arc::from(guest);
+                let generation = {
+                    let mut st = inst.st();
+                    st.generation += 1;
+                    st.guest = Some(guest.clone());
+                    st.stopping = false;
+                    st.booted_at = Some(SystemTime::now());
+                    st.generation
+                };
+                self.watch_exit(inst.clone(), guest, generation);
+                Ok(self.set_state(inst, VmState::Running, None))
+            }
+            Err(e) => {
+                // A guest that started and failed is in error, with the reason.
+                self.set_state(inst, VmState::Error, Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    fn watch_exit(&self, inst: Arc<Instance>, guest: Arc<dyn Guest>, generation: u64) {
+        let events = self.events.clone();
+        let backend = self.backend.kind();
+        let mut exited = guest.exited();
+        drop(guest);
+        tokio::spawn(async move {
+            let Ok(exit) = exited.wait_for(Option::is_some).await.map(|e| e.clone()) else {
+                return;
+            };
+            let status = {
+                let mut st = inst.st();
+                if st.generation != generation {
+                    return;
+                }
+                st.guest = None;
+                st.booted_at = None;
+                let (state, reason) = match exit {
+                    _ if st.stopping => (VmState::Stopped, None),
+                    Some(GuestExit::Crashed(reason)) => (VmState::Error, Some(reason)),
+                    _ => (VmState::Stopped, None),
+                };
+                if st.state != VmState::Deleted {
+                    st.state = state;
+                    st.reason = reason;
+                    st.last_change = SystemTime::now();
+                }
+                VmStatus {
+                    id: inst.id.clone(),
+                    backend,
+                    state: st.state,
+                    reason: st.reason.clone(),
+                    resources: st.spec.resources,
+                    pid: None,
+                    last_state_change: st.last_change,
+                    booted_at: None,
+                }
+            };
+            tracing::info!(vm = %status.id, state = %status.state, "guest process ended");
+            let _ = events.send(status);
+        });
+    }
+
+    /// Ends the guest process on purpose and waits for it.
+    async fn end_process(&self, inst: &Instance) -> Result<(), HypervisorError> {
+        let guest = {
+            let mut st = inst.st();
+            st.stopping = true;
+            st.guest.clone()
+        };
+        if let Some(g) = guest {
+            g.kill().await?;
+            let mut exited = g.exited();
+            let _ = exited.wait_for(Option::is_some).await;
+        }
+        let mut st = inst.st();
+        st.guest = None;
+        st.booted_at = None;
+        Ok(())
+    }
+
+    fn copy(from: &Path, to: &Path) -> Result<(), HypervisorError> {
+        std::fs::copy(from, to)
+            .map(drop)
+            .map_err(HypervisorError::io(to))
+    }
+}
+
+impl Instance {
+    fn st(&self) -> std::sync::MutexGuard<'_, InstState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks the state machine for `op` and shows the in-flight state.
+    fn begin(&self, op: VmOp) -> Result<vmfleet_core::Transition, HypervisorError> {
+        let state = self.st().state;
+        Ok(state.begin(op)?)
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Vmm {
+    fn backend(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    async fn create(&self, req: CreateVm) -> Result<VmStatus, HypervisorError> {
+        req.resources.validate()?;
+        if req.resources.mem_size_mib > self.host_mem_mib {
+            return Err(HypervisorError::InsufficientResources(format!(
+                "{} MiB of memory: the host has {} MiB",
+                req.resources.mem_size_mib, self.host_mem_mib
+            )));
+        }
+        let kernel = self.resolve(&req.kernel)?;
+        let rootfs = self.resolve(&req.rootfs)?;
+        let initrd = match &req.initrd {
+            Some(name) => Some(self.resolve(name)?),
+            None => {
+                let companion = ImageName::new(format!("{}.initrd", req.kernel));
+                match companion.map(|n| self.catalog.resolve(&n)) {
+                    Ok(Ok(path)) => Some(path),
+                    Ok(Err(CatalogError::NotFound(_))) | Err(_) => None,
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+            }
+        };
+        let dir = self.dir(&req.id);
+        let inst = {
+            let mut table = self.table();
+            if table.contains_key(&req.id) || dir.exists() {
+                return Err(HypervisorError::AlreadyExists(req.id.clone()));
+            }
+            std::fs::create_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
+            let inst = Arc::new(Instance {
+                id: req.id.clone(),
+                op: Arc::default(),
+                st: Mutex::new(InstState {
+                    spec: VmSpec {
+                        id: req.id.clone(),
+                        resources: req.resources,
+                        kernel,
+                        initrd,
+                        root_disk: dir.join("root.disk"),
+                        extra_disks: Vec::new(),
+                        boot_args: req
+                            .boot_args
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned()),
+                        network: None,
+                    },
+                    state: VmState::Created,
+                    reason: None,
+                    guest: None,
+                    generation: 0,
+                    stopping: false,
+                    last_change: SystemTime::now(),
+                    booted_at: None,
+                }),
+            });
+            table.insert(req.id.clone(), inst.clone());
+            inst
+        };
+        let root = dir.join("root.disk");
+        let prepared = Self::copy(&rootfs, &root).and_then(|()| {
+            // Give the disk its requested size (sparse); the filesystem inside keeps its own.
+            let want = req.resources.disk_size << 30;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&root)
+                .map_err(HypervisorError::io(&root))?;
+            let have = f.metadata().map_err(HypervisorError::io(&root))?.len();
+            if want > have {
+                f.set_len(want).map_err(HypervisorError::io(&root))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = prepared {
+            self.table().remove(&req.id);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(self.set_state(&inst, VmState::Created, None))
+    }
+
+    async fn boot(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Boot)?;
+        // A host that cannot run the backend runs nothing: the VM stays as it was.
+        self.backend.preflight().await?;
+        self.set_state(&inst, t.during, None);
+        self.launch(&inst, Launch::Boot).await
+    }
+
+    async fn start(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Start)?;
+        // A host that cannot run the backend runs nothing: the VM stays as it was.
+        self.backend.preflight().await?;
+        self.set_state(&inst, t.during, None);
+        self.launch(&inst, Launch::Boot).await
+    }
+
+    async fn stop(&self, id: &VmId, timeout: Duration) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Stop)?;
+        let was = inst.st().state;
+        self.set_state(&inst, t.during, None);
+        let guest = self.running_guest(&inst)?;
+        inst.st().stopping = true;
+        if was == VmState::Paused {
+            // A paused guest cannot see the power button.
+            guest.resume().await?;
+        }
+        let mut exited = guest.exited();
+        let graceful = match guest.power_button().await {
+            Ok(()) => tokio::time::timeout(timeout, exited.wait_for(Option::is_some))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if !graceful {
+            tracing::info!(vm = %id, "guest ignored the power button; forcing it off");
+        }
+        drop(exited);
+        drop(guest);
+        self.end_process(&inst).await?;
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn force_stop(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::ForceStop)?;
+        self.end_process(&inst).await?;
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn pause(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Pause)?;
+        self.running_guest(&inst)?.pause().await?;
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn resume(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Resume)?;
+        self.running_guest(&inst)?.resume().await?;
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn reboot(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Reboot)?;
+        self.running_guest(&inst)?.reboot().await?;
+        inst.st().booted_at = Some(SystemTime::now());
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn power_button(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::PowerButton)?;
+        self.running_guest(&inst)?.power_button().await?;
+        Ok(self.set_state(&inst, t.during, None))
+    }
+
+    async fn delete(&self, id: &VmId) -> Result<(), HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        inst.begin(VmOp::Delete)?;
+        self.end_process(&inst).await?;
+        let dir = self.dir(id);
+        std::fs::remove_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
+        self.table().remove(id);
+        self.set_state(&inst, VmState::Deleted, None);
+        Ok(())
+    }
+
+    async fn status(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let inst = self.get(id)?;
+        Ok(self.status_of(&inst))
+    }
+
+    async fn list(&self) -> Vec<VmStatus> {
+        let all: Vec<Arc<Instance>> = self.table().values().cloned().collect();
+        let mut out: Vec<VmStatus> = all.iter().map(|i| self.status_of(i)).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    async fn console(&self, id: &VmId) -> Result<Console, HypervisorError> {
+        let inst = self.get(id)?;
+        let st = inst.st();
+        match &st.guest {
+            Some(g) => Ok(g.console()),
+            None => Err(HypervisorError::NotRunning(id.clone())),
+        }
+    }
+
+    async fn metrics(&self, id: &VmId) -> Result<GuestMetrics, HypervisorError> {
+        let inst = self.get(id)?;
+        let guest = self.running_guest(&inst)?;
+        guest.metrics().await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<VmStatus> {
+        self.events.subscribe()
+    }
+
+    async fn snapshot(&self, id: &VmId, snap: SnapshotId) -> Result<SnapshotId, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Snapshot)?;
+        let guest = self.running_guest(&inst)?;
+        let was_running = inst.st().state == VmState::Running;
+        let paths = SnapshotPaths {
+            dir: self.dir(id).join("snapshots").join(snap.as_str()),
+        };
+        if paths.dir.exists() {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "VM {id} already has a snapshot {snap}"
+            )));
+        }
+        std::fs::create_dir_all(&paths.dir).map_err(HypervisorError::io(&paths.dir))?;
+        if was_running {
+            guest.pause().await?;
+        }
+        let spec = inst.st().spec.clone();
+        // Memory and devices, then the disks, all while the guest is paused: one instant.
+        let saved = async {
+            guest.snapshot(&paths).await?;
+            Self::copy(&spec.root_disk, &paths.root_disk())?;
+            for (i, d) in spec.extra_disks.iter().enumerate() {
+                Self::copy(&d.path, &paths.dir.join(format!("disk{i}.raw")))?;
+            }
+            Ok::<(), HypervisorError>(())
+        }
+        .await;
+        if was_running {
+            guest.resume().await?;
+        }
+        if let Err(e) = saved {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            return Err(e);
+        }
+        self.set_state(&inst, t.after, None);
+        Ok(snap)
+    }
+
+    async fn restore(&self, id: &VmId, snap: &SnapshotId) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Restore)?;
+        let paths = SnapshotPaths {
+            dir: self.dir(id).join("snapshots").join(snap.as_str()),
+        };
+        if !paths.state().is_file() && !paths.memory().is_file() {
+            return Err(HypervisorError::NoSnapshot {
+                vm: id.clone(),
+                snapshot: snap.to_string(),
+            });
+        }
+        self.backend.preflight().await?;
+        let spec = inst.st().spec.clone();
+        Self::copy(&paths.root_disk(), &spec.root_disk)?;
+        for (i, d) in spec.extra_disks.iter().enumerate() {
+            Self::copy(&paths.dir.join(format!("disk{i}.raw")), &d.path)?;
+        }
+        self.set_state(&inst, t.during, None);
+        self.launch(&inst, Launch::Restore(paths)).await
+    }
+
+    async fn resize_vcpus(&self, id: &VmId, vcpus: u32) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Resize)?;
+        if inst.st().guest.is_some() {
+            return Err(HypervisorError::Unsupported {
+                backend: self.backend.kind().as_str(),
+                op: "change the vCPUs of a running guest (stop it first)",
+            });
+        }
+        let mut resources = inst.st().spec.resources;
+        resources.vcpu_count = vcpus;
+        resources.validate()?;
+        inst.st().spec.resources = resources;
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn resize_memory(&self, id: &VmId, mib: u64) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::Resize)?;
+        let mut resources = inst.st().spec.resources;
+        resources.mem_size_mib = mib;
+        resources.validate()?;
+        let guest = inst.st().guest.clone();
+        match guest {
+            // A running guest is ballooned; its boot size stays.
+            Some(g) => g.set_memory(mib).await?,
+            None => {
+                if mib > self.host_mem_mib {
+                    return Err(HypervisorError::InsufficientResources(format!(
+                        "{mib} MiB of memory: the host has {} MiB",
+                        self.host_mem_mib
+                    )));
+                }
+                inst.st().spec.resources = resources;
+            }
+        }
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn add_disk(
+        &self,
+        id: &VmId,
+        size_gb: u64,
+        read_only: bool,
+    ) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::AddDisk)?;
+        if inst.st().guest.is_some() {
+            return Err(HypervisorError::Unsupported {
+                backend: self.backend.kind().as_str(),
+                op: "hot-plug a disk into a running guest (stop it first)",
+            });
+        }
+        if size_gb == 0 || size_gb > vmfleet_core::VmResources::MAX_DISK_GIB {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "a disk is 1 to {} GiB, not {size_gb}",
+                vmfleet_core::VmResources::MAX_DISK_GIB
+            )));
+        }
+        let n = inst.st().spec.extra_disks.len();
+        let path = self.dir(id).join(format!("disk{n}.raw"));
+        let f = std::fs::File::create(&path).map_err(HypervisorError::io(&path))?;
+        f.set_len(size_gb << 30)
+            .map_err(HypervisorError::io(&path))?;
+        inst.st()
+            .spec
+            .extra_disks
+            .push(DiskSpec { path, read_only });
+        Ok(self.set_state(&inst, t.after, None))
+    }
+}
