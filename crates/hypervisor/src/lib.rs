@@ -9,6 +9,7 @@ pub mod backend;
 mod catalog;
 pub mod console;
 mod error;
+pub mod firecracker;
 
 pub use backend::{
     Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch, NetAttachment,
@@ -17,3 +18,4 @@ pub use backend::{
 pub use catalog::{CatalogError, CatalogImage, ImageCatalog};
 pub use console::{Console, ConsoleError, ConsoleReader, SCROLLBACK_BYTES};
 pub use error::{ErrorClass, HypervisorError};
+pub use firecracker::{FirecrackerBackend, FirecrackerConfig, FirecrackerGuest};
