@@ -4,11 +4,19 @@
 //! - [`ImageCatalog`]: the one place a request's image name becomes a file path.
 //! - [`Backend`] / [`Guest`]: what a hypervisor backend implements (launch a process, drive it).
 //! - [`Console`]: a guest's serial console with scrollback, many readers, one writer.
+//! - [`Hypervisor`] / [`Vmm`]: every VM operation, the state machine checked, over a backend.
+//! - [`qemu`] and [`firecracker`]: the two hypervisor backends; [`net`]: IPAM and TAP devices.
 
 pub mod backend;
 mod catalog;
 pub mod console;
 mod error;
+pub mod firecracker;
+mod hypervisor;
+pub mod net;
+mod proc;
+pub mod qemu;
+mod vmm;
 
 pub use backend::{
     Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch, NetAttachment,
@@ -17,11 +25,6 @@ pub use backend::{
 pub use catalog::{CatalogError, CatalogImage, ImageCatalog};
 pub use console::{Console, ConsoleError, ConsoleReader, SCROLLBACK_BYTES};
 pub use error::{ErrorClass, HypervisorError};
-mod hypervisor;
-mod proc;
-pub mod qemu;
-mod vmm;
-
+pub use firecracker::{FirecrackerBackend, FirecrackerConfig, FirecrackerGuest};
 pub use hypervisor::{CreateVm, Hypervisor, VmStatus};
 pub use vmm::{DEFAULT_BOOT_ARGS, DEFAULT_STOP_TIMEOUT, Vmm};
-pub mod net;

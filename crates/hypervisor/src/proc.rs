@@ -69,17 +69,13 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// Sends `signal` (such as `libc::SIGKILL`) to `pid`.
-#[allow(unsafe_code)]
-pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) takes two integers and touches no memory of ours; a stale pid gives ESRCH.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+/// Sends SIGKILL to `pid`.
+pub fn kill(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other("pid out of range"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(Into::into)
 }
 
 /// Waits until the process is gone, up to `timeout`; true if it is.

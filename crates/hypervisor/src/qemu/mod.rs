@@ -350,7 +350,7 @@ impl Backend for QemuBackend {
         let guest = match self.attach(spec, dir, Some(child), pid).await {
             Ok(g) => g,
             Err(e) => {
-                let _ = proc::signal(pid, libc::SIGKILL);
+                let _ = proc::kill(pid);
                 return Err(e);
             }
         };
@@ -635,7 +635,7 @@ impl Guest for QemuGuest {
         .await;
         let waited = tokio::time::timeout(Duration::from_secs(3), exited.wait_for(Option::is_some));
         if waited.await.is_err() {
-            let _ = proc::signal(self.inner.pid, libc::SIGKILL);
+            let _ = proc::kill(self.inner.pid);
             let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))
                 .await;
         }
