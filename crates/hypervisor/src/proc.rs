@@ -1,12 +1,53 @@
 //! Process facts read from `/proc`, and signals: what the drivers need to supervise a
 //! hypervisor process they may not be the parent of (after a re-adoption).
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::HypervisorError;
 
 /// Linux reports CPU times in /proc in USER_HZ, which is 100 on every architecture vmfleet
 /// supports (it is ABI, independent of the kernel's CONFIG_HZ).
 const USER_HZ: f64 = 100.0;
+
+/// The hypervisor binary to run: `binary` itself if it names a path, else the first
+/// executable of that name on `PATH`.
+pub fn find_binary(binary: &Path) -> Result<PathBuf, HypervisorError> {
+    let missing = || HypervisorError::BinaryMissing(binary.display().to_string());
+    if binary.as_os_str().is_empty() {
+        return Err(missing());
+    }
+    if binary.components().count() > 1 || binary.is_absolute() {
+        return if is_executable(binary) {
+            Ok(binary.to_path_buf())
+        } else {
+            Err(missing())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(binary))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(missing)
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Opens the KVM device read-write, as the hypervisor will.
+pub fn check_kvm(device: &Path) -> Result<(), HypervisorError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map(drop)
+        .map_err(|e| HypervisorError::KvmUnusable(format!("cannot open {}: {e}", device.display())))
+}
 
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {

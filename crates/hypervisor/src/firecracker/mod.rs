@@ -333,8 +333,8 @@ impl Backend for FirecrackerBackend {
     }
 
     async fn preflight(&self) -> Result<(), HypervisorError> {
-        process::find_binary(&self.config.binary)?;
-        process::check_kvm(&self.config.kvm_device)
+        crate::proc::find_binary(&self.config.binary)?;
+        crate::proc::check_kvm(&self.config.kvm_device)
     }
 
     async fn launch(
@@ -344,7 +344,7 @@ impl Backend for FirecrackerBackend {
         how: Launch,
     ) -> Result<Box<dyn Guest>, HypervisorError> {
         check_spec(spec, dir, &how)?;
-        let binary = process::find_binary(&self.config.binary)?;
+        let binary = crate::proc::find_binary(&self.config.binary)?;
         let files = Self::files(dir);
         if let Some(pid) = process::live_firecracker(&files.pid_file, &files.socket) {
             tracing::warn!(vm = %spec.id, pid, "a Firecracker process already serves this VM");

@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -31,44 +30,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// How often an adopted process is checked for its end.
 const POLL_EVERY: Duration = Duration::from_millis(250);
-
-/// The `firecracker` binary to run: `binary` itself if it names a path, else the first
-/// executable of that name on `PATH`.
-pub fn find_binary(binary: &Path) -> Result<PathBuf, HypervisorError> {
-    let missing = || HypervisorError::BinaryMissing(binary.display().to_string());
-    if binary.as_os_str().is_empty() {
-        return Err(missing());
-    }
-    if binary.components().count() > 1 || binary.is_absolute() {
-        return if is_executable(binary) {
-            Ok(binary.to_path_buf())
-        } else {
-            Err(missing())
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(binary))
-        .find(|candidate| is_executable(candidate))
-        .ok_or_else(missing)
-}
-
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// Opens the KVM device read-write, as Firecracker will.
-pub fn check_kvm(device: &Path) -> Result<(), HypervisorError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .map(drop)
-        .map_err(|e| HypervisorError::KvmUnusable(format!("cannot open {}: {e}", device.display())))
-}
 
 /// The last bytes of a stream, kept for a crash reason.
 #[derive(Debug, Default)]
@@ -466,6 +427,7 @@ async fn supervise_adopted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::find_binary;
 
     #[test]
     fn classify_tells_shutdown_from_crash() {

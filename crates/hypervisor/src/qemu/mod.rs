@@ -79,26 +79,8 @@ fn proto(message: impl Into<String>) -> HypervisorError {
     }
 }
 
-/// Finds `bin` as given (a path) or on PATH.
-pub(crate) fn find_binary(bin: &Path) -> Option<PathBuf> {
-    if bin.components().count() > 1 {
-        return bin.is_file().then(|| bin.to_owned());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(bin))
-            .find(|p| p.is_file())
-    })
-}
-
-fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|e| format!("/dev/kvm: {e}"))
-}
+/// Where the KVM device is.
+const KVM: &str = "/dev/kvm";
 
 impl QemuBackend {
     pub fn new(config: QemuConfig) -> Self {
@@ -108,7 +90,7 @@ impl QemuBackend {
     /// The accelerator a launch will use.
     pub fn effective_accel(&self) -> Accel {
         match self.config.accel {
-            Accel::Auto if kvm_usable().is_ok() => Accel::Kvm,
+            Accel::Auto if proc::check_kvm(Path::new(KVM)).is_ok() => Accel::Kvm,
             Accel::Auto => Accel::Tcg,
             a => a,
         }
@@ -310,13 +292,9 @@ impl Backend for QemuBackend {
     }
 
     async fn preflight(&self) -> Result<(), HypervisorError> {
-        if find_binary(&self.config.binary).is_none() {
-            return Err(HypervisorError::BinaryMissing(
-                self.config.binary.display().to_string(),
-            ));
-        }
+        proc::find_binary(&self.config.binary)?;
         if self.config.accel == Accel::Kvm {
-            kvm_usable().map_err(HypervisorError::KvmUnusable)?;
+            proc::check_kvm(Path::new(KVM))?;
         }
         Ok(())
     }
