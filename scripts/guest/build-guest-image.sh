@@ -399,6 +399,19 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mount -o remount,rw / 2>/dev/null
 hostname -F /etc/hostname
 ip link set lo up 2>/dev/null
+# Networking from the kernel command line, as vmfleet's IPAM assigned it:
+# vmfleet.ip=<address>/<prefix> vmfleet.gw=<gateway>.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmfleet.ip=*) vm_ip=${arg#vmfleet.ip=} ;;
+        vmfleet.gw=*) vm_gw=${arg#vmfleet.gw=} ;;
+    esac
+done
+if [ -n "$vm_ip" ] && [ -e /sys/class/net/eth0 ]; then
+    ip addr add "$vm_ip" dev eth0
+    ip link set eth0 up
+    [ -n "$vm_gw" ] && ip route add default via "$vm_gw"
+fi
 # ACPI power button (QEMU system_powerdown): the initramfs loaded button+evdev;
 # acpid runs /etc/acpi/PWRF/00000080 on KEY_POWER.
 [ -e /dev/input/event0 ] && acpid -l /dev/null

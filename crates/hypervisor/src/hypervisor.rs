@@ -37,6 +37,8 @@ pub struct VmStatus {
     pub last_state_change: SystemTime,
     /// When the running guest was booted (or restored).
     pub booted_at: Option<SystemTime>,
+    /// The guest's address on its bridge; `None` without vmfleet networking.
+    pub ip_address: Option<std::net::IpAddr>,
 }
 
 impl VmStatus {

@@ -108,9 +108,22 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", o[1], o[2], o[3])
 }
 
-/// Runs `ip` with `args`, returning its stderr on failure.
-fn ip(args: &[&str]) -> Result<(), HypervisorError> {
-    let out = Command::new("ip")
+/// Where guest networks are made: the bridge, the pool, and the network namespace they live
+/// in (`None`: the host's own).
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub bridge: String,
+    pub pool: Ipam,
+    pub netns: Option<String>,
+}
+
+/// Runs `ip` (in `netns` when given) with `args`, returning its stderr on failure.
+fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), HypervisorError> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd
         .args(args)
         .output()
         .map_err(|source| HypervisorError::Launch {
@@ -131,6 +144,10 @@ fn ip(args: &[&str]) -> Result<(), HypervisorError> {
     }
 }
 
+fn link_exists(netns: Option<&str>, name: &str) -> bool {
+    ip(netns, &["link", "show", "dev", name]).is_ok()
+}
+
 /// Whether this process may create TAP devices and bridges (root, or CAP_NET_ADMIN).
 pub fn can_manage_taps() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -146,30 +163,42 @@ pub fn can_manage_taps() -> bool {
         && std::path::Path::new("/dev/net/tun").exists()
 }
 
-/// Creates the bridge `name` with the pool's gateway address, if it does not exist.
-pub fn ensure_bridge(name: &str, ipam: &Ipam) -> Result<(), HypervisorError> {
-    if std::path::Path::new("/sys/class/net").join(name).exists() {
-        return Ok(());
+impl NetConfig {
+    /// Creates the bridge with the pool's gateway address, if it does not exist.
+    pub fn ensure_bridge(&self) -> Result<(), HypervisorError> {
+        let ns = self.netns.as_deref();
+        if link_exists(ns, &self.bridge) {
+            return Ok(());
+        }
+        ip(ns, &["link", "add", "name", &self.bridge, "type", "bridge"])?;
+        let addr = format!("{}/{}", self.pool.gateway(), self.pool.prefix());
+        ip(ns, &["addr", "add", &addr, "dev", &self.bridge])?;
+        ip(ns, &["link", "set", "dev", &self.bridge, "up"])
     }
-    ip(&["link", "add", "name", name, "type", "bridge"])?;
-    let addr = format!("{}/{}", ipam.gateway(), ipam.prefix());
-    ip(&["addr", "add", &addr, "dev", name])?;
-    ip(&["link", "set", "dev", name, "up"])
+
+    /// Creates TAP device `tap` on the bridge, up.
+    pub fn create_tap(&self, tap: &str) -> Result<(), HypervisorError> {
+        let ns = self.netns.as_deref();
+        ip(ns, &["tuntap", "add", "dev", tap, "mode", "tap"])?;
+        ip(ns, &["link", "set", "dev", tap, "master", &self.bridge])?;
+        ip(ns, &["link", "set", "dev", tap, "up"])
+    }
+
+    /// Removes a TAP device; a missing one is not an error.
+    pub fn delete_tap(&self, tap: &str) -> Result<(), HypervisorError> {
+        let ns = self.netns.as_deref();
+        if !link_exists(ns, tap) {
+            return Ok(());
+        }
+        ip(ns, &["link", "del", "dev", tap])
+    }
 }
 
-/// Creates TAP device `tap` on `bridge`, up.
-pub fn create_tap(tap: &str, bridge: &str) -> Result<(), HypervisorError> {
-    ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
-    ip(&["link", "set", "dev", tap, "master", bridge])?;
-    ip(&["link", "set", "dev", tap, "up"])
-}
-
-/// Removes a TAP device (or a bridge); a missing one is not an error.
-pub fn delete_link(name: &str) -> Result<(), HypervisorError> {
-    if !std::path::Path::new("/sys/class/net").join(name).exists() {
-        return Ok(());
-    }
-    ip(&["link", "del", "dev", name])
+/// The TAP device of the guest with address `ip`: unique while the address is, and within
+/// the 15 characters a Linux interface name may have.
+pub fn tap_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("vmf{:02x}{:02x}{:02x}", o[1], o[2], o[3])
 }
 
 #[cfg(test)]

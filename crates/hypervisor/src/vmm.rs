@@ -16,11 +16,14 @@ use tokio::sync::broadcast;
 use vmfleet_core::{ImageName, SnapshotId, VmId, VmOp, VmState};
 
 use crate::HypervisorError;
-use crate::backend::{Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch};
+use crate::backend::{
+    Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch, NetAttachment,
+};
 use crate::backend::{SnapshotPaths, VmSpec};
 use crate::catalog::{CatalogError, ImageCatalog};
 use crate::console::Console;
 use crate::hypervisor::{CreateVm, Hypervisor, VmStatus};
+use crate::net::{NetConfig, mac_for, tap_for};
 
 /// The kernel command line when the request gives none.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw";
@@ -35,6 +38,8 @@ pub struct Vmm {
     table: Mutex<HashMap<VmId, Arc<Instance>>>,
     events: broadcast::Sender<VmStatus>,
     host_mem_mib: u64,
+    /// Guest networking: a TAP on a bridge and an address from the pool for every VM.
+    net: Option<Mutex<NetConfig>>,
 }
 
 struct Instance {
@@ -55,6 +60,8 @@ struct InstState {
     stopping: bool,
     last_change: SystemTime,
     booted_at: Option<SystemTime>,
+    /// The address IPAM gave the VM (its TAP is named after it).
+    ip: Option<std::net::Ipv4Addr>,
 }
 
 fn host_mem_mib() -> u64 {
@@ -86,7 +93,64 @@ impl Vmm {
             table: Mutex::new(HashMap::new()),
             events,
             host_mem_mib: host_mem_mib(),
+            net: None,
         })
+    }
+
+    /// Gives every VM created from now on a TAP device on `net.bridge` (created if missing)
+    /// and an address from `net.pool`, passed to the guest as `vmfleet.ip=` and
+    /// `vmfleet.gw=` on its kernel command line.
+    pub fn with_network(mut self, net: NetConfig) -> Result<Self, HypervisorError> {
+        net.ensure_bridge()?;
+        self.net = Some(Mutex::new(net));
+        Ok(self)
+    }
+
+    fn net(&self) -> Option<std::sync::MutexGuard<'_, NetConfig>> {
+        self.net
+            .as_ref()
+            .map(|n| n.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes an address and makes the TAP device for a new VM.
+    fn attach_network(
+        &self,
+    ) -> Result<Option<(std::net::Ipv4Addr, NetAttachment, String)>, HypervisorError> {
+        let Some(mut net) = self.net() else {
+            return Ok(None);
+        };
+        let ip = net
+            .pool
+            .allocate()
+            .map_err(|e| HypervisorError::InsufficientResources(e.to_string()))?;
+        let tap = tap_for(ip);
+        if let Err(e) = net.create_tap(&tap) {
+            net.pool.release(ip);
+            return Err(e);
+        }
+        let args = format!(
+            " vmfleet.ip={ip}/{} vmfleet.gw={}",
+            net.pool.prefix(),
+            net.pool.gateway()
+        );
+        Ok(Some((
+            ip,
+            NetAttachment {
+                tap,
+                mac: mac_for(ip),
+            },
+            args,
+        )))
+    }
+
+    /// Gives back a VM's address and removes its TAP device.
+    fn detach_network(&self, ip: Option<std::net::Ipv4Addr>) {
+        if let (Some(ip), Some(mut net)) = (ip, self.net()) {
+            if let Err(e) = net.delete_tap(&tap_for(ip)) {
+                tracing::warn!(%ip, error = %e, "cannot remove a VM's TAP device");
+            }
+            net.pool.release(ip);
+        }
     }
 
     pub fn catalog(&self) -> &ImageCatalog {
@@ -133,6 +197,7 @@ impl Vmm {
             pid: st.guest.as_ref().map(|g| g.pid()),
             last_state_change: st.last_change,
             booted_at: st.booted_at,
+            ip_address: st.ip.map(std::net::IpAddr::V4),
         }
     }
 
@@ -222,6 +287,7 @@ impl Vmm {
                     pid: None,
                     last_state_change: st.last_change,
                     booted_at: None,
+                    ip_address: st.ip.map(std::net::IpAddr::V4),
                 }
             };
             tracing::info!(vm = %status.id, state = %status.state, "guest process ended");
@@ -300,6 +366,20 @@ impl Hypervisor for Vmm {
                 return Err(HypervisorError::AlreadyExists(req.id.clone()));
             }
             std::fs::create_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
+            let network = match self.attach_network() {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            };
+            let mut boot_args = req
+                .boot_args
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+            if let Some((_, _, args)) = &network {
+                boot_args.push_str(args);
+            }
             let inst = Arc::new(Instance {
                 id: req.id.clone(),
                 op: Arc::default(),
@@ -311,11 +391,8 @@ impl Hypervisor for Vmm {
                         initrd,
                         root_disk: dir.join("root.disk"),
                         extra_disks: Vec::new(),
-                        boot_args: req
-                            .boot_args
-                            .clone()
-                            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned()),
-                        network: None,
+                        boot_args,
+                        network: network.as_ref().map(|(_, n, _)| n.clone()),
                     },
                     state: VmState::Created,
                     reason: None,
@@ -324,6 +401,7 @@ impl Hypervisor for Vmm {
                     stopping: false,
                     last_change: SystemTime::now(),
                     booted_at: None,
+                    ip: network.map(|(ip, _, _)| ip),
                 }),
             });
             table.insert(req.id.clone(), inst.clone());
@@ -344,6 +422,7 @@ impl Hypervisor for Vmm {
             Ok(())
         });
         if let Err(e) = prepared {
+            self.detach_network(inst.st().ip);
             self.table().remove(&req.id);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
@@ -436,6 +515,7 @@ impl Hypervisor for Vmm {
         let (inst, _op) = self.lock(id)?;
         inst.begin(VmOp::Delete)?;
         self.end_process(&inst).await?;
+        self.detach_network(inst.st().ip.take());
         let dir = self.dir(id);
         std::fs::remove_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
         self.table().remove(id);

@@ -55,6 +55,11 @@ pub struct QemuConfig {
     pub accel: Accel,
     /// How long a launch may take until QEMU's sockets answer.
     pub launch_timeout: Duration,
+    /// Run QEMU inside this network namespace (where the VMs' bridge and TAPs are).
+    pub netns: Option<String>,
+    /// Give a VM without a TAP device QEMU's user-mode network (NAT through the host, no
+    /// address reachable from outside): for hosts where vmfleet may not create TAPs.
+    pub user_net: bool,
 }
 
 impl Default for QemuConfig {
@@ -63,6 +68,8 @@ impl Default for QemuConfig {
             binary: PathBuf::from("qemu-system-x86_64"),
             accel: Accel::Auto,
             launch_timeout: Duration::from_secs(20),
+            netns: None,
+            user_net: false,
         }
     }
 }
@@ -164,6 +171,13 @@ impl QemuBackend {
                 format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
                 "-device".into(),
                 format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+            ]);
+        } else if self.config.user_net {
+            a.extend([
+                "-netdev".into(),
+                "user,id=net0".into(),
+                "-device".into(),
+                "virtio-net-device,netdev=net0".into(),
             ]);
         }
         if let Launch::Restore(snap) = how {
@@ -311,7 +325,15 @@ impl Backend for QemuBackend {
         }
         let log_path = dir.join("qemu.log");
         let log = File::create(&log_path).map_err(HypervisorError::io(&log_path))?;
-        let mut cmd = tokio::process::Command::new(&self.config.binary);
+        let mut cmd = match &self.config.netns {
+            // `ip netns exec` enters the namespace and execs QEMU: the pid stays QEMU's.
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.config.binary);
+                c
+            }
+            None => tokio::process::Command::new(&self.config.binary),
+        };
         cmd.args(self.command_line(spec, dir, &how))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -560,13 +582,21 @@ impl QemuGuest {
             .min(total)
     }
 
-    fn net_counter(&self, name: &str) -> Option<u64> {
+    /// The TAP device's counters `(rx bytes, rx packets, tx bytes, tx packets)`, from the
+    /// host side, read in QEMU's own network namespace (`/proc/<pid>/net/dev`).
+    fn tap_counters(&self) -> Option<[u64; 4]> {
         let tap = self.inner.tap.as_ref()?;
-        std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{name}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let dev = std::fs::read_to_string(format!("/proc/{}/net/dev", self.inner.pid)).ok()?;
+        let line = dev
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{tap}:")))?;
+        let f: Vec<u64> = line
+            .split_once(':')?
+            .1
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        Some([*f.first()?, *f.get(1)?, *f.get(8)?, *f.get(9)?])
     }
 }
 
@@ -628,6 +658,7 @@ impl Guest for QemuGuest {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sample(pid, self.inner.vcpus);
+        let tap = self.tap_counters();
         let mut m = GuestMetrics {
             cpu_percent,
             memory_used_bytes: self.memory_used().await,
@@ -635,10 +666,10 @@ impl Guest for QemuGuest {
             disk_read_ops: Some(0),
             disk_write_ops: Some(0),
             // The TAP's transmit is the guest's receive.
-            net_rx_bytes: self.net_counter("tx_bytes"),
-            net_tx_bytes: self.net_counter("rx_bytes"),
-            net_rx_packets: self.net_counter("tx_packets"),
-            net_tx_packets: self.net_counter("rx_packets"),
+            net_rx_bytes: tap.map(|c| c[2]),
+            net_tx_bytes: tap.map(|c| c[0]),
+            net_rx_packets: tap.map(|c| c[3]),
+            net_tx_packets: tap.map(|c| c[1]),
             ..GuestMetrics::default()
         };
         let stats = self
