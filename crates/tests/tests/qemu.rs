@@ -183,8 +183,15 @@ async fn boots_talks_pauses_reboots_and_stops() {
     )
     .await;
 
-    // Graceful stop, then the VM is stopped and can start again.
+    // Graceful stop: the guest sees the power button and shuts itself down.
+    let from = watch.len();
     let st = vmm.stop(&id, Duration::from_secs(30)).await.unwrap();
+    let shutdown = String::from_utf8_lossy(&watch.seen[from..]).into_owned()
+        + &watch.collect_for(Duration::from_millis(100)).await;
+    assert!(
+        shutdown.contains("vmfleet-guest stopping"),
+        "the guest did not shut down by itself: {shutdown}"
+    );
     assert_eq!(st.state, VmState::Stopped);
     assert!(st.pid.is_none());
     assert!(matches!(
