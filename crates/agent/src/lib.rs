@@ -2,8 +2,9 @@
 //! plane, so nodes behind NAT work.
 //!
 //! Today: its configuration ([`AgentConfig`]), read from the environment variables of seeds
-//! 000/001 and from flags.
+//! 000/001 and from flags, and the host metrics of its heartbeat ([`host::HostSampler`]).
 
 mod config;
+pub mod host;
 
 pub use config::{AgentConfig, ConfigError, LogLevel};
