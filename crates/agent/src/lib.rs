@@ -6,5 +6,6 @@
 
 mod config;
 pub mod host;
+pub mod sio;
 
 pub use config::{AgentConfig, ConfigError, LogLevel};
