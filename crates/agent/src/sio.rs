@@ -24,7 +24,7 @@ pub enum SioError {
     #[error("the control plane URL {0:?} is not an http:// or ws:// URL")]
     BadUrl(String),
     #[error("the WebSocket connection failed")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(#[source] Box<tokio_tungstenite::tungstenite::Error>),
     #[error("the control plane refused the connection: {0}")]
     Refused(String),
     #[error("unexpected Socket.IO frame {0:?}")]
@@ -33,6 +33,12 @@ pub enum SioError {
     Closed,
     #[error("no acknowledgement within {0:?}")]
     AckTimeout(Duration),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for SioError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        SioError::WebSocket(Box::new(e))
+    }
 }
 
 /// Something the server sent on the namespace.
