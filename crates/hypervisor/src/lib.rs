@@ -8,6 +8,7 @@
 pub mod backend;
 mod catalog;
 pub mod console;
+pub mod docker;
 mod error;
 
 pub use backend::{
@@ -16,4 +17,8 @@ pub use backend::{
 };
 pub use catalog::{CatalogError, CatalogImage, ImageCatalog};
 pub use console::{Console, ConsoleError, ConsoleReader, SCROLLBACK_BYTES};
+pub use docker::{
+    ContainerInfo, ContainerSpec, ContainerState, DockerConfig, DockerRuntime, StartedContainer,
+    StopEnd, StopReport,
+};
 pub use error::{ErrorClass, HypervisorError};
