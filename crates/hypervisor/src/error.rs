@@ -59,6 +59,29 @@ pub enum HypervisorError {
         #[source]
         source: io::Error,
     },
+    #[error("the Docker engine at {} cannot be reached", socket.display())]
+    EngineUnreachable {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the Docker engine failed to {op}: {message} (HTTP {status})")]
+    Engine {
+        op: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("container {0} does not exist")]
+    ContainerNotFound(String),
+    #[error("container {container} is not vmfleet's container of rental {rental}")]
+    NotRentalContainer { container: String, rental: String },
+    #[error("image {image} is not on this node and cannot be pulled: {reason}")]
+    ImageUnavailable { image: String, reason: String },
+    #[error(
+        "a disk limit needs a Docker storage driver that enforces it (overlay2 on xfs mounted \
+         with pquota, btrfs, zfs or devicemapper), and this engine uses {driver} on {backing_fs}"
+    )]
+    DiskLimitUnsupported { driver: String, backing_fs: String },
 }
 
 /// How the outside world should read an error: the HTTP status family of seed 002.
@@ -79,18 +102,22 @@ pub enum ErrorClass {
 impl HypervisorError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            HypervisorError::Unsupported { .. } => ErrorClass::Unsupported,
+            HypervisorError::Unsupported { .. } | HypervisorError::DiskLimitUnsupported { .. } => {
+                ErrorClass::Unsupported
+            }
             HypervisorError::InvalidState(_)
             | HypervisorError::AlreadyExists(_)
             | HypervisorError::Busy(_)
-            | HypervisorError::NotRunning(_) => ErrorClass::Conflict,
-            HypervisorError::NotFound(_) | HypervisorError::NoSnapshot { .. } => {
-                ErrorClass::NotFound
-            }
+            | HypervisorError::NotRunning(_)
+            | HypervisorError::NotRentalContainer { .. } => ErrorClass::Conflict,
+            HypervisorError::NotFound(_)
+            | HypervisorError::NoSnapshot { .. }
+            | HypervisorError::ContainerNotFound(_) => ErrorClass::NotFound,
             HypervisorError::Resources(_)
             | HypervisorError::InvalidSpec(_)
             | HypervisorError::InsufficientResources(_)
-            | HypervisorError::Catalog(_) => ErrorClass::BadRequest,
+            | HypervisorError::Catalog(_)
+            | HypervisorError::ImageUnavailable { .. } => ErrorClass::BadRequest,
             _ => ErrorClass::Internal,
         }
     }

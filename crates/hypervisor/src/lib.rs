@@ -10,6 +10,7 @@
 pub mod backend;
 mod catalog;
 pub mod console;
+pub mod docker;
 mod error;
 pub mod firecracker;
 mod hypervisor;
@@ -24,6 +25,10 @@ pub use backend::{
 };
 pub use catalog::{CatalogError, CatalogImage, ImageCatalog};
 pub use console::{Console, ConsoleError, ConsoleReader, SCROLLBACK_BYTES};
+pub use docker::{
+    ContainerInfo, ContainerSpec, ContainerState, DockerConfig, DockerRuntime, StartedContainer,
+    StopEnd, StopReport,
+};
 pub use error::{ErrorClass, HypervisorError};
 pub use firecracker::{FirecrackerBackend, FirecrackerConfig, FirecrackerGuest};
 pub use hypervisor::{CreateVm, Hypervisor, VmStatus};
