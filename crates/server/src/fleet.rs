@@ -93,7 +93,11 @@ fn host_key(s: &SocketRef, auth: &Option<Value>) -> Option<String> {
 impl Fleet {
     /// Registers `/fleet` on `io`. `heartbeat_period` is the agents' period; a node silent for
     /// [`MISSED_HEARTBEATS`] periods is dropped.
-    pub fn attach(io: &SocketIo, registry: Arc<dyn NodeRegistry>, heartbeat_period: Duration) -> Fleet {
+    pub fn attach(
+        io: &SocketIo,
+        registry: Arc<dyn NodeRegistry>,
+        heartbeat_period: Duration,
+    ) -> Fleet {
         let fleet = Fleet {
             io: io.clone(),
             inner: Arc::new(Inner {
@@ -134,24 +138,24 @@ impl Fleet {
     async fn connected(&self, s: SocketRef, node: NodeId) {
         tracing::info!(%node, "node connected");
         // A node connects once: a newer connection replaces an older one.
-        if let Some((old, _)) = self.nodes().insert(node.clone(), (s.clone(), Instant::now())) {
+        if let Some((old, _)) = self
+            .nodes()
+            .insert(node.clone(), (s.clone(), Instant::now()))
+        {
             let _ = old.disconnect();
         }
         self.inner.registry.node_online(&node).await;
         for name in AgentEvent::NAMES {
             let fleet = self.clone();
             let node = node.clone();
-            s.on(
-                name,
-                move |Data(payload): Data<Value>, ack: AckSender| {
-                    let fleet = fleet.clone();
-                    let node = node.clone();
-                    async move {
-                        let reply = fleet.event(&node, name, &payload).await;
-                        let _ = ack.send(&reply);
-                    }
-                },
-            );
+            s.on(name, move |Data(payload): Data<Value>, ack: AckSender| {
+                let fleet = fleet.clone();
+                let node = node.clone();
+                async move {
+                    let reply = fleet.event(&node, name, &payload).await;
+                    let _ = ack.send(&reply);
+                }
+            });
         }
         let fleet = self.clone();
         s.on_disconnect(move |s: SocketRef| {
@@ -259,7 +263,10 @@ impl Fleet {
             .map_err(|_| FleetError::NotConnected(node.clone()))?;
         let reply = stream.await.map_err(|_| FleetError::NoAck(node.clone()))?;
         match serde_json::from_value::<Ack>(reply.clone()) {
-            Ok(Ack { success: false, message }) => Err(FleetError::Refused {
+            Ok(Ack {
+                success: false,
+                message,
+            }) => Err(FleetError::Refused {
                 node: node.clone(),
                 message: message.unwrap_or_default(),
             }),

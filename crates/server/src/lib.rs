@@ -6,6 +6,7 @@
 
 mod error;
 mod extract;
+pub mod fleet;
 mod routes;
 
 use std::future::Future;
@@ -21,20 +22,52 @@ pub use error::ApiError;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What every handler can reach.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     pub jwt: Arc<JwtKey>,
+    /// The `/fleet` namespace, when a node registry backs it.
+    pub fleet: Option<fleet::Fleet>,
+    sio_layer: Option<socketioxide::layer::SocketIoLayer>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("fleet", &self.fleet.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
     pub fn new(jwt: JwtKey) -> Self {
-        AppState { jwt: Arc::new(jwt) }
+        AppState {
+            jwt: Arc::new(jwt),
+            fleet: None,
+            sio_layer: None,
+        }
+    }
+
+    /// Serves seed 001's `/fleet` namespace (Socket.IO at `/socket.io/`) over `registry`.
+    pub fn with_fleet(
+        mut self,
+        registry: Arc<dyn fleet::NodeRegistry>,
+        heartbeat_period: std::time::Duration,
+    ) -> Self {
+        let (layer, io) = socketioxide::SocketIo::new_layer();
+        self.fleet = Some(fleet::Fleet::attach(&io, registry, heartbeat_period));
+        self.sio_layer = Some(layer);
+        self
     }
 }
 
 /// The whole HTTP surface of the control plane.
 pub fn app(state: AppState) -> Router {
-    routes::router().with_state(state)
+    let layer = state.sio_layer.clone();
+    let router = routes::router().with_state(state);
+    match layer {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then finishes in-flight requests.
