@@ -31,6 +31,18 @@ pub struct AgentConfig {
     /// mean to expose it.
     #[arg(long, env = "NODE_WS_LISTEN", default_value = "127.0.0.1:3030")]
     pub node_ws_listen: SocketAddr,
+
+    /// The Docker engine's socket, for rentals' containers (seed 001 `start_instance`).
+    #[arg(long, env = "DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+
+    /// The host name renters use to reach this node's published ports (`sshHost`).
+    #[arg(long, env = "PUBLIC_HOST", default_value = "localhost")]
+    pub public_host: String,
+
+    /// Seconds between heartbeats (seed 001: 5).
+    #[arg(long, env = "HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,5 +7,6 @@
 mod config;
 pub mod host;
 pub mod sio;
+pub mod upstream;
 
 pub use config::{AgentConfig, ConfigError, LogLevel};

@@ -68,8 +68,6 @@ pub enum CliError {
     Serve(#[source] std::io::Error),
     #[error("the agent's configuration is not valid")]
     AgentConfig(#[from] vmfleet_agent::ConfigError),
-    #[error("vmfleet agent cannot connect yet: its /fleet client lands with issue 4")]
-    AgentNotBuilt,
     #[error("the async runtime cannot start")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
@@ -133,7 +131,10 @@ async fn run(command: Command) -> Result<(), CliError> {
             for w in config.validate()? {
                 tracing::warn!("{w}");
             }
-            Err(CliError::AgentNotBuilt)
+            let upstream = agent_upstream(&config).await;
+            upstream.run(shutdown_signal()).await;
+            println!("vmfleet agent: shutting down");
+            Ok(())
         }
         Command::Health { server } => {
             let client = vmfleet_client::Client::new(&server)?;
@@ -143,6 +144,29 @@ async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// The agent's connection to the control plane, with Docker when its engine answers.
+async fn agent_upstream(config: &AgentConfig) -> vmfleet_agent::upstream::Upstream {
+    use vmfleet_hypervisor::docker::{DockerConfig, DockerRuntime};
+    let docker = DockerRuntime::new(DockerConfig::new(
+        config.docker_socket.clone(),
+        config.public_host.clone(),
+    ));
+    let containers = match docker.ping().await {
+        Ok(()) => Some(docker),
+        Err(e) => {
+            tracing::warn!(error = %e, socket = %config.docker_socket.display(), "no Docker engine: this node takes no container rentals");
+            None
+        }
+    };
+    vmfleet_agent::upstream::Upstream::new(
+        config.api_url.clone(),
+        config.host_api_key.clone().unwrap_or_default(),
+        Duration::from_secs(config.heartbeat_secs.max(1)),
+        containers,
+        vmfleet_agent::host::HostSampler::new(&config.vm_base_path),
+    )
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -20,6 +20,7 @@ use socketioxide::handler::ConnectHandler;
 use vmfleet_core::NodeId;
 use vmfleet_wire::fleet::{
     Ack, AgentEvent, BackendCommand, Heartbeat, InstanceStarted, InstanceStopped, NAMESPACE,
+    NODE_INFO, NodeInfo,
 };
 
 /// How often agents heartbeat (seed 001), and how many may be missed.
@@ -29,8 +30,8 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// What the control plane records about nodes; the store implements it.
 #[async_trait]
 pub trait NodeRegistry: Send + Sync + 'static {
-    /// The node whose host key this is, if any.
-    async fn authenticate(&self, host_key: &str) -> Option<NodeId>;
+    /// The node whose host key this is, with its name, if any.
+    async fn authenticate(&self, host_key: &str) -> Option<(NodeId, String)>;
     async fn node_online(&self, node: &NodeId);
     async fn node_offline(&self, node: &NodeId);
     async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String>;
@@ -111,20 +112,20 @@ impl Fleet {
             let fleet = auth_fleet.clone();
             async move {
                 let key = host_key(&s, &auth.ok()).ok_or(Unauthorized)?;
-                let node = fleet
+                let (node_id, name) = fleet
                     .inner
                     .registry
                     .authenticate(&key)
                     .await
                     .ok_or(Unauthorized)?;
-                s.extensions.insert(node);
+                s.extensions.insert(NodeInfo { node_id, name });
                 Ok::<(), Unauthorized>(())
             }
         };
         let conn_fleet = fleet.clone();
-        let on_connect = move |s: SocketRef, Extension(node): Extension<NodeId>| {
+        let on_connect = move |s: SocketRef, Extension(info): Extension<NodeInfo>| {
             let fleet = conn_fleet.clone();
-            async move { fleet.connected(s, node).await }
+            async move { fleet.connected(s, info).await }
         };
         io.ns(NAMESPACE, on_connect.with(middleware));
         fleet.spawn_watchdog();
@@ -135,8 +136,10 @@ impl Fleet {
         self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn connected(&self, s: SocketRef, node: NodeId) {
-        tracing::info!(%node, "node connected");
+    async fn connected(&self, s: SocketRef, info: NodeInfo) {
+        let node = info.node_id.clone();
+        tracing::info!(%node, name = %info.name, "node connected");
+        let _ = s.emit(NODE_INFO, &info);
         // A node connects once: a newer connection replaces an older one.
         if let Some((old, _)) = self
             .nodes()
@@ -238,6 +241,11 @@ impl Fleet {
                 }
             }
         });
+    }
+
+    /// Closes every agent connection (the control plane is shutting down).
+    pub async fn close(&self) {
+        self.io.close().await;
     }
 
     /// Whether `node` is connected now.

@@ -76,6 +76,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let fleet = state.fleet.clone();
+    // Long-lived connections (Socket.IO) would hold a graceful shutdown open forever: close
+    // them when it starts, so agents see the control plane go and dial again.
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(fleet) = fleet {
+            fleet.close().await;
+        }
+    };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -140,3 +140,74 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn token() -> String {
     vmfleet_core::uuid_v4()[..8].to_owned()
 }
+
+/// A node registry that records what the `/fleet` namespace tells it: a test double for the
+/// store, so the namespace's own behaviour can be checked line by line.
+#[derive(Default)]
+pub struct Recorder {
+    pub keys: std::collections::HashMap<String, (vmfleet_core::NodeId, String)>,
+    log: std::sync::Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn push(&self, s: String) {
+        self.log.lock().unwrap().push(s);
+    }
+}
+
+#[async_trait::async_trait]
+impl vmfleet_server::fleet::NodeRegistry for Recorder {
+    async fn authenticate(&self, host_key: &str) -> Option<(vmfleet_core::NodeId, String)> {
+        self.keys.get(host_key).cloned()
+    }
+    async fn node_online(&self, node: &vmfleet_core::NodeId) {
+        self.push(format!("online {node}"));
+    }
+    async fn node_offline(&self, node: &vmfleet_core::NodeId) {
+        self.push(format!("offline {node}"));
+    }
+    async fn heartbeat(
+        &self,
+        node: &vmfleet_core::NodeId,
+        hb: &vmfleet_wire::fleet::Heartbeat,
+    ) -> Result<(), String> {
+        self.push(format!("heartbeat {node} {:?}", hb.status));
+        Ok(())
+    }
+    async fn instance_started(
+        &self,
+        node: &vmfleet_core::NodeId,
+        ev: &vmfleet_wire::fleet::InstanceStarted,
+    ) -> Result<(), String> {
+        self.push(format!("started {node} {}", ev.rental_id));
+        Ok(())
+    }
+    async fn instance_stopped(
+        &self,
+        node: &vmfleet_core::NodeId,
+        ev: &vmfleet_wire::fleet::InstanceStopped,
+    ) -> Result<(), String> {
+        self.push(format!(
+            "stopped {node} {} {:?} {}",
+            ev.rental_id,
+            ev.reason,
+            ev.error_message.clone().unwrap_or_default()
+        ));
+        Ok(())
+    }
+}
+
+/// Waits until a line of the recorder starts with `prefix`.
+pub async fn wait_log(rec: &Recorder, prefix: &str) {
+    for _ in 0..500 {
+        if rec.log().iter().any(|l| l.starts_with(prefix)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{prefix:?} never logged: {:?}", rec.log());
+}

@@ -5,64 +5,24 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
 use vmfleet_agent::sio::{Incoming, SioClient, SioError};
 use vmfleet_auth::JwtKey;
 use vmfleet_core::NodeId;
 use vmfleet_server::AppState;
-use vmfleet_server::fleet::{FleetError, NodeRegistry};
-use vmfleet_wire::fleet::{BackendCommand, DrainNode, Heartbeat, InstanceStarted, InstanceStopped};
-
-#[derive(Default)]
-struct Recorder {
-    keys: HashMap<String, NodeId>,
-    log: Mutex<Vec<String>>,
-}
-
-impl Recorder {
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-    fn push(&self, s: String) {
-        self.log.lock().unwrap().push(s);
-    }
-}
-
-#[async_trait]
-impl NodeRegistry for Recorder {
-    async fn authenticate(&self, host_key: &str) -> Option<NodeId> {
-        self.keys.get(host_key).cloned()
-    }
-    async fn node_online(&self, node: &NodeId) {
-        self.push(format!("online {node}"));
-    }
-    async fn node_offline(&self, node: &NodeId) {
-        self.push(format!("offline {node}"));
-    }
-    async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String> {
-        self.push(format!("heartbeat {node} {:?}", hb.status));
-        Ok(())
-    }
-    async fn instance_started(&self, node: &NodeId, ev: &InstanceStarted) -> Result<(), String> {
-        self.push(format!("started {node} {}", ev.rental_id));
-        Ok(())
-    }
-    async fn instance_stopped(&self, node: &NodeId, ev: &InstanceStopped) -> Result<(), String> {
-        self.push(format!("stopped {node} {}", ev.rental_id));
-        Ok(())
-    }
-}
+use vmfleet_server::fleet::FleetError;
+use vmfleet_tests::{Recorder, wait_log};
+use vmfleet_wire::fleet::{BackendCommand, DrainNode};
 
 const KEY: &str = "host-key-of-node-1";
 
 async fn server(period: Duration) -> (String, Arc<Recorder>, vmfleet_server::fleet::Fleet) {
     let mut rec = Recorder::default();
-    rec.keys.insert(KEY.into(), NodeId::new("node-1").unwrap());
+    rec.keys
+        .insert(KEY.into(), (NodeId::new("node-1").unwrap(), "box-1".into()));
     let rec = Arc::new(rec);
     let state = AppState::new(JwtKey::generate()).with_fleet(rec.clone(), period);
     let fleet = state.fleet.clone().unwrap();
@@ -83,22 +43,18 @@ fn heartbeat(node: &str) -> Value {
     v
 }
 
-async fn wait_log(rec: &Recorder, needle: &str) {
-    for _ in 0..200 {
-        if rec.log().iter().any(|l| l == needle) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{needle:?} never logged: {:?}", rec.log());
-}
-
 #[tokio::test]
 async fn a_node_connects_heartbeats_and_reports() {
     let (url, rec, fleet) = server(Duration::from_secs(5)).await;
     let (client, mut incoming) = SioClient::connect(&url, "/fleet", KEY).await.unwrap();
     wait_log(&rec, "online node-1").await;
     let node = NodeId::new("node-1").unwrap();
+    // The control plane tells the agent who it is.
+    let Some(Incoming::Event { name, payload, .. }) = incoming.recv().await else {
+        panic!("no node_info");
+    };
+    assert_eq!(name, "node_info");
+    assert_eq!(payload, json!({"nodeId": "node-1", "name": "box-1"}));
     assert!(fleet.is_connected(&node));
 
     let ack = client
@@ -148,7 +104,7 @@ async fn a_node_connects_heartbeats_and_reports() {
         assert_eq!(ack, json!({"success": true}), "{name}");
     }
     wait_log(&rec, "started node-1 uuid").await;
-    wait_log(&rec, "stopped node-1 uuid").await;
+    wait_log(&rec, "stopped node-1 uuid").await; // reason and message follow
 
     // The control plane sends a command; the agent acknowledges it.
     let cmd = BackendCommand::DrainNode(DrainNode {

@@ -153,6 +153,18 @@ pub struct DrainNode {
     pub reason: String,
 }
 
+/// `node_info` (vmfleet's addition to seed 001): sent by the control plane right after a node
+/// connects, so the agent learns the id its host key belongs to and puts it in heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeInfo {
+    pub node_id: NodeId,
+    pub name: String,
+}
+
+/// The event name of [`NodeInfo`].
+pub const NODE_INFO: &str = "node_info";
+
 /// The acknowledgement of an event: `{ "success": true }`, or `false` with a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
