@@ -6,6 +6,7 @@
 
 mod config;
 pub mod host;
+pub mod node_api;
 pub mod sio;
 pub mod upstream;
 

@@ -211,3 +211,34 @@ pub async fn wait_log(rec: &Recorder, prefix: &str) {
     }
     panic!("{prefix:?} never logged: {:?}", rec.log());
 }
+
+/// Kills, when dropped, every process whose command line mentions `dir`: the guests a test
+/// started under its temporary directory. Guests outlive their owner by design (an agent
+/// restart must not take them down), so a test that fails half-way would otherwise leave its
+/// QEMU running.
+pub struct KillOnDrop(pub PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}

@@ -67,6 +67,7 @@ fn spec(id: &str) -> CreateVm {
 async fn guests_get_a_tap_an_address_and_traffic() {
     let ns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let backend = QemuBackend::new(QemuConfig {
         accel: Accel::Tcg,
         netns: Some(ns.0.clone()),

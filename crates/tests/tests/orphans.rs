@@ -22,6 +22,7 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_outlives_its_killed_owner_and_is_readopted() {
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let catalog = guest_catalog(&dir.path().join("images"));
     let vms = dir.path().join("vms");
     let mut owner = Command::new(env!("CARGO_BIN_EXE_vm-owner"))

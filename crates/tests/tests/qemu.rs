@@ -59,6 +59,7 @@ async fn run(vmm: &Vmm, watch: &mut ConsoleWatch, id: &VmId, cmd: &str, expect: 
 async fn boots_talks_pauses_reboots_and_stops() {
     let _slot = GUESTS.acquire().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let vmm = vmm(dir.path(), Accel::Tcg);
     let id = VmId::new("vm-life").unwrap();
     let mut events = vmm.subscribe();
@@ -224,6 +225,7 @@ async fn boots_talks_pauses_reboots_and_stops() {
 async fn snapshot_and_restore_keep_what_the_guest_wrote() {
     let _slot = GUESTS.acquire().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let vmm = vmm(dir.path(), Accel::Tcg);
     let id = VmId::new("vm-snap").unwrap();
     vmm.create(guest("vm-snap")).await.unwrap();
@@ -291,6 +293,7 @@ async fn snapshot_and_restore_keep_what_the_guest_wrote() {
 async fn a_guest_that_dies_is_in_error_with_the_reason() {
     let _slot = GUESTS.acquire().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let vmm = vmm(dir.path(), Accel::Tcg);
     let id = VmId::new("vm-panic").unwrap();
     vmm.create(guest("vm-panic")).await.unwrap();
@@ -334,6 +337,7 @@ async fn kvm_either_boots_or_fails_with_a_reason() {
         .is_err()
     {
         let dir = tempfile::tempdir().unwrap();
+        let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
         let vmm = vmm(dir.path(), Accel::Kvm);
         let id = VmId::new("vm-kvm").unwrap();
         vmm.create(guest("vm-kvm")).await.unwrap();
@@ -342,6 +346,7 @@ async fn kvm_either_boots_or_fails_with_a_reason() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let vmm = vmm(dir.path(), Accel::Kvm);
     let id = VmId::new("vm-kvm").unwrap();
     vmm.create(guest("vm-kvm")).await.unwrap();
@@ -376,6 +381,7 @@ async fn kvm_either_boots_or_fails_with_a_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_names_the_cause() {
     let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let vmm = vmm(dir.path(), Accel::Tcg);
     let mut unknown = guest("vm-bad1");
     unknown.rootfs = ImageName::new("nosuch.ext4").unwrap();
