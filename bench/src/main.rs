@@ -1,0 +1,117 @@
+//! `vmfleet-bench`: runs a benchmark scenario, prints its Markdown report and writes its
+//! results under `bench/results`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vmfleet_bench::report::machine_markdown;
+use vmfleet_bench::{BenchError, Context, Result, boot};
+
+#[derive(Parser)]
+#[command(
+    name = "vmfleet-bench",
+    about = "vmfleet's benchmarks, each against its floor in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create-to-console-ready latency through the driver against the same QEMU command line
+    /// launched by hand (TCG), interleaved run by run.
+    Boot(BootArgs),
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// Measured runs of each variant.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// 3 runs, for a quick look.
+    #[arg(long, conflicts_with = "runs")]
+    quick: bool,
+    /// Unmeasured runs of each variant first (cold caches).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// The most one boot may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmfleet-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmfleet-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Boot(args) => {
+            let opts = boot::BootOptions {
+                runs: if args.quick { 3 } else { args.runs },
+                warmup: args.warmup,
+                timeout: Duration::from_secs(args.timeout),
+                ..boot::BootOptions::default()
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            // Interrupted, the scenario's future is dropped: its clean-up kills every QEMU
+            // it started and removes its files.
+            let result = tokio::select! {
+                r = boot::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+    }
+}
+
+/// `bench/results` of the source tree this binary was built from.
+fn default_out() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() -> BenchError {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => match r.context("listening for Ctrl-C") {
+            Ok(()) => BenchError::new("interrupted"),
+            Err(e) => e,
+        },
+        () = term => BenchError::new("terminated"),
+    }
+}
