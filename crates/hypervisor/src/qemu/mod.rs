@@ -217,7 +217,7 @@ impl QemuBackend {
                 Err(_) if Instant::now() >= deadline => {
                     return Err(HypervisorError::Timeout("QEMU's console socket"));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         };
         let qmp = loop {
@@ -230,7 +230,7 @@ impl QemuBackend {
                     )));
                 }
                 Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         };
         let console = Console::new();
