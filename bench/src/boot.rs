@@ -477,7 +477,7 @@ impl Bench {
             ),
             format!(
                 "By hand, the console socket is tried every {} ms until QEMU has made it; the \
-                 driver tries every 10 ms (`QemuBackend::attach`). QEMU does not start the \
+                 driver tries every 2 ms (`QemuBackend::attach`). QEMU does not start the \
                  guest before a client is connected (`wait=on`), so that delay counts.",
                 CONNECT_POLL.as_millis()
             ),
