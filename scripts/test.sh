@@ -18,5 +18,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build"
 cargo build --workspace --bins --locked
+# The store's tests run against SQLite and PostgreSQL: a throwaway server on loopback, in a
+# directory of this run's own, stopped and removed however the script ends.
+echo "== PostgreSQL for the store's tests"
+VMFLEET_PG_DIR="$(mktemp -d /tmp/vmfleet-pg.XXXXXX)"
+export VMFLEET_PG_DIR
+trap 'scripts/postgres-test.sh stop' EXIT
+VMFLEET_TEST_POSTGRES_URL="$(scripts/postgres-test.sh start)"
+export VMFLEET_TEST_POSTGRES_URL
 echo "== cargo test"
 cargo test --workspace --locked
