@@ -16,7 +16,7 @@ pub enum DataDirError {
         #[source]
         source: io::Error,
     },
-    #[error("{} does not hold a 32-byte key", path.display())]
+    #[error("{} does not hold the key it should", path.display())]
     BadKey { path: PathBuf },
 }
 
@@ -67,6 +67,26 @@ impl DataDir {
             }
             Err(e) => Err(io_at(&path)(e)),
         }
+    }
+
+    /// A secret kept in the data dir under `name`, created (mode 0600) on first use.
+    pub fn secret(&self, name: &str) -> Result<String, DataDirError> {
+        let path = self.root.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            Ok(_) => Err(DataDirError::BadKey { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let secret = vmfleet_auth::generate_secret();
+                write_secret(&path, format!("{secret}\n").as_bytes())?;
+                Ok(secret)
+            }
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
+    /// Whether the data dir holds a file `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.root.join(name).is_file()
     }
 
     /// Writes the operator's admin token, replacing the previous one.

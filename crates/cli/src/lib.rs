@@ -3,6 +3,7 @@
 
 mod datadir;
 mod duration;
+pub mod local;
 pub mod plane;
 
 use std::net::SocketAddr;
@@ -28,7 +29,14 @@ pub struct Cli {
 pub enum Command {
     /// Control plane and a local host agent in one process, SQLite in the data dir: one
     /// machine, one command.
-    Up(PlaneArgs),
+    Up {
+        #[command(flatten)]
+        plane: PlaneArgs,
+        /// Address of the local node's WebSocket API (seed 000, path `/ws`; token in
+        /// `DATA_DIR/node.token`).
+        #[arg(long, default_value = "127.0.0.1:3030")]
+        node_api_listen: SocketAddr,
+    },
     /// The control plane alone, for installs with several agents.
     Server(PlaneArgs),
     /// The host agent of one compute node: dials out to the control plane.
@@ -52,6 +60,9 @@ pub struct PlaneArgs {
     /// Lifetime of issued tokens, such as `24h`, `30m` or `3600s`.
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub token_ttl: Duration,
+    /// The database: `postgres://user:pass@host/db`, or SQLite in the data dir when absent.
+    #[arg(long, env = "VMFLEET_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +83,10 @@ pub enum CliError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Client(#[from] vmfleet_client::ClientError),
+    #[error("the local agent cannot start: {0}")]
+    Local(String),
+    #[error("the database cannot be used")]
+    Store(#[source] vmfleet_store::StoreError),
 }
 
 /// Runs a parsed command line and turns its outcome into an exit code: 0 ok, 1 failure.
@@ -115,14 +130,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 async fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Up(args) | Command::Server(args) => {
+        Command::Up {
+            plane: args,
+            node_api_listen,
+        } => {
             let plane = ControlPlane::start(PlaneOptions::from(&args)).await?;
-            println!("vmfleet control plane listening on http://{}", plane.addr());
-            println!("dashboard: http://{}/", plane.addr());
+            let agent = local::start(&plane, node_api_listen).await?;
+            announce(&plane);
             println!(
-                "admin token: {}",
-                plane.data_dir().admin_token_path().display()
+                "local node {:?}: node API on ws://{}/ws",
+                agent.node_name, agent.node_api_addr
             );
+            shutdown_signal().await;
+            println!("vmfleet: shutting down");
+            agent.stop().await;
+            plane.stop().await
+        }
+        Command::Server(args) => {
+            let plane = ControlPlane::start(PlaneOptions::from(&args)).await?;
+            announce(&plane);
             shutdown_signal().await;
             println!("vmfleet: shutting down");
             plane.stop().await
@@ -144,6 +170,15 @@ async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn announce(plane: &ControlPlane) {
+    println!("vmfleet control plane listening on http://{}", plane.addr());
+    println!("dashboard: http://{}/", plane.addr());
+    println!(
+        "admin token: {}",
+        plane.data_dir().admin_token_path().display()
+    );
 }
 
 /// The agent's connection to the control plane, with Docker when its engine answers.

@@ -17,6 +17,8 @@ pub struct PlaneOptions {
     pub data_dir: std::path::PathBuf,
     pub listen: SocketAddr,
     pub token_ttl: Duration,
+    /// `postgres://...`; SQLite in the data dir when `None`.
+    pub database: Option<String>,
 }
 
 impl From<&PlaneArgs> for PlaneOptions {
@@ -25,13 +27,18 @@ impl From<&PlaneArgs> for PlaneOptions {
             data_dir: a.data_dir.clone(),
             listen: a.listen,
             token_ttl: a.token_ttl,
+            database: a.database.clone(),
         }
     }
 }
 
+/// The agents' heartbeat period (seed 001).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// A running control plane.
 pub struct ControlPlane {
     addr: SocketAddr,
+    store: vmfleet_store::Store,
     data_dir: DataDir,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
@@ -52,6 +59,14 @@ impl ControlPlane {
             ttl,
         );
         data_dir.write_admin_token(&admin)?;
+        let url = match &opts.database {
+            Some(url) => url.clone(),
+            None => vmfleet_store::sqlite_url(&data_dir.root().join("vmfleet.db"))
+                .map_err(CliError::Store)?,
+        };
+        let store = vmfleet_store::Store::open(&url)
+            .await
+            .map_err(CliError::Store)?;
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|source| CliError::Listen {
@@ -63,13 +78,14 @@ impl ControlPlane {
             source,
         })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(key);
+        let state = AppState::new(key).with_store(store.clone(), HEARTBEAT);
         let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "control plane started");
         Ok(ControlPlane {
             addr,
+            store,
             data_dir,
             stop,
             task,
@@ -80,6 +96,10 @@ impl ControlPlane {
         self.addr
     }
 
+    pub fn store(&self) -> &vmfleet_store::Store {
+        &self.store
+    }
+
     pub fn data_dir(&self) -> &DataDir {
         &self.data_dir
     }
@@ -87,9 +107,12 @@ impl ControlPlane {
     /// Stops accepting connections, lets in-flight requests finish, and returns.
     pub async fn stop(self) -> Result<(), CliError> {
         let _ = self.stop.send(());
-        match self.task.await {
+        let served = match self.task.await {
             Ok(r) => r.map_err(CliError::Serve),
             Err(join) => Err(CliError::Serve(std::io::Error::other(join))),
-        }
+        };
+        // Flush and close the database last, after the last request.
+        self.store.close().await;
+        served
     }
 }

@@ -21,6 +21,10 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -39,6 +43,10 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, ApiErrorCode::BadRequest)
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, ApiErrorCode::Conflict),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ApiErrorCode::NotFound),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable)
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal),
         }
     }

@@ -139,7 +139,6 @@ impl Fleet {
     async fn connected(&self, s: SocketRef, info: NodeInfo) {
         let node = info.node_id.clone();
         tracing::info!(%node, name = %info.name, "node connected");
-        let _ = s.emit(NODE_INFO, &info);
         // A node connects once: a newer connection replaces an older one.
         if let Some((old, _)) = self
             .nodes()
@@ -147,7 +146,7 @@ impl Fleet {
         {
             let _ = old.disconnect();
         }
-        self.inner.registry.node_online(&node).await;
+        // Handlers first: the agent may send as soon as it hears `node_info`.
         for name in AgentEvent::NAMES {
             let fleet = self.clone();
             let node = node.clone();
@@ -161,9 +160,10 @@ impl Fleet {
             });
         }
         let fleet = self.clone();
+        let gone = node.clone();
         s.on_disconnect(move |s: SocketRef| {
             let fleet = fleet.clone();
-            let node = node.clone();
+            let node = gone.clone();
             async move {
                 let current = {
                     let mut nodes = fleet.nodes();
@@ -179,6 +179,8 @@ impl Fleet {
                 }
             }
         });
+        self.inner.registry.node_online(&node).await;
+        let _ = s.emit(NODE_INFO, &info);
     }
 
     /// Handles one agent event and returns its acknowledgement.

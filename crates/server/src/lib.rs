@@ -4,9 +4,12 @@
 //! [`app`] builds the router from a state and touches no socket, so tests drive it directly;
 //! [`serve`] binds it to a listener.
 
+pub mod caller;
 mod error;
 mod extract;
 pub mod fleet;
+mod nodes;
+pub mod registry;
 mod routes;
 
 use std::future::Future;
@@ -25,6 +28,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub jwt: Arc<JwtKey>,
+    /// The database, when this control plane has one.
+    pub store: Option<vmfleet_store::Store>,
     /// The `/fleet` namespace, when a node registry backs it.
     pub fleet: Option<fleet::Fleet>,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
@@ -42,9 +47,21 @@ impl AppState {
     pub fn new(jwt: JwtKey) -> Self {
         AppState {
             jwt: Arc::new(jwt),
+            store: None,
             fleet: None,
             sio_layer: None,
         }
+    }
+
+    /// Keeps users, nodes and VMs in `store`, and serves `/fleet` over it.
+    pub fn with_store(
+        mut self,
+        store: vmfleet_store::Store,
+        heartbeat_period: std::time::Duration,
+    ) -> Self {
+        let registry = Arc::new(registry::StoreRegistry::new(store.clone()));
+        self.store = Some(store);
+        self.with_fleet(registry, heartbeat_period)
     }
 
     /// Serves seed 001's `/fleet` namespace (Socket.IO at `/socket.io/`) over `registry`.

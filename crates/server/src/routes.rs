@@ -13,6 +13,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ping", post(ping))
+        .route("/nodes", post(crate::nodes::create).get(crate::nodes::list))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -48,7 +48,14 @@ fn up_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(vmfleet_bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-api-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -66,6 +73,35 @@ fn up_serves_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert!(health.status.success(), "{health:?}");
     assert!(String::from_utf8_lossy(&health.stdout).starts_with("healthy"));
+
+    // The local agent registered itself, connected and heartbeats: GET /nodes shows it.
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    loop {
+        let body = rt.block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!("{url}/nodes"))
+                .bearer_auth(token.trim())
+                .send()
+                .await;
+            match r {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        });
+        if body.contains("\"ONLINE\"") && body.contains("\"cpuUsagePercent\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the local node never showed up online: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for f in ["agent.key", "node.token", "vmfleet.db"] {
+        assert!(data.join(f).is_file(), "{f} missing");
+    }
 
     let pid = child.id().to_string();
     assert!(

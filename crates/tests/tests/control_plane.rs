@@ -17,6 +17,7 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
         data_dir: dir.join("data"),
         listen: "127.0.0.1:0".parse().unwrap(),
         token_ttl: Duration::from_secs(3600),
+        database: None,
     })
     .await
     .unwrap()
@@ -186,6 +187,7 @@ fn listen_conflict_is_a_clear_error() {
             data_dir: dir.path().join("other"),
             listen: plane.addr(),
             token_ttl: Duration::from_secs(60),
+            database: None,
         })
         .await
         .err()
@@ -196,4 +198,110 @@ fn listen_conflict_is_a_clear_error() {
         );
         plane.stop().await.unwrap();
     });
+}
+
+#[tokio::test]
+async fn nodes_are_registered_by_an_admin_and_their_keys_kept_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path()).await;
+    let base = format!("http://{}", plane.addr());
+    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path()).unwrap();
+    let http = reqwest::Client::new();
+
+    // Without a token, with a bad one, and with a non-admin one: refused.
+    let r = http.get(format!("{base}/nodes")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .get(format!("{base}/nodes"))
+        .bearer_auth("x.y.z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let key = plane.data_dir().jwt_key().unwrap();
+    let now = Timestamp::now().unix_seconds();
+    let user = key.issue_for(
+        &Subject::Wallet(
+            "0x1234567890abcdef1234567890abcdef12345678"
+                .parse()
+                .unwrap(),
+        ),
+        Role::Standard,
+        &[vmfleet_auth::Permission::Read],
+        now,
+        60,
+    );
+    let r = http
+        .get(format!("{base}/nodes"))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.code, Some(ApiErrorCode::Forbidden));
+
+    let created: vmfleet_wire::api::CreateNodeResponse = http
+        .post(format!("{base}/nodes"))
+        .bearer_auth(admin.trim())
+        .json(&serde_json::json!({"name": "gpu-box-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dup = http
+        .post(format!("{base}/nodes"))
+        .bearer_auth(admin.trim())
+        .json(&serde_json::json!({"name": "gpu-box-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status().as_u16(), 409);
+
+    // The key opens /fleet for that node; the node shows ONLINE with its heartbeat.
+    let (client, mut incoming) =
+        vmfleet_agent::sio::SioClient::connect(&base, "/fleet", &created.host_api_key)
+            .await
+            .unwrap();
+    let Some(vmfleet_agent::sio::Incoming::Event { payload, .. }) = incoming.recv().await else {
+        panic!("no node_info")
+    };
+    assert_eq!(payload["nodeId"], created.node_id.as_str());
+    let mut hb: serde_json::Value =
+        serde_json::from_str(include_str!("../../wire/tests/fixtures/001/heartbeat.json")).unwrap();
+    hb["nodeId"] = serde_json::json!(created.node_id.as_str());
+    let ack = client
+        .emit_with_ack("heartbeat", &hb, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ack, serde_json::json!({"success": true}));
+    let nodes: Vec<vmfleet_wire::api::NodeView> = http
+        .get(format!("{base}/nodes"))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let node = nodes.iter().find(|n| n.node_id == created.node_id).unwrap();
+    assert_eq!(node.status, vmfleet_wire::api::NodeState::Online);
+    assert_eq!(node.metrics.as_ref().unwrap().ram_total_mb, 65536);
+    assert!(node.last_heartbeat.is_some());
+
+    // The database holds the key's hash, never the key.
+    client.disconnect().await;
+    plane.stop().await.unwrap();
+    let db = std::fs::read(dir.path().join("data/vmfleet.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("data/vmfleet.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes
+                .windows(created.host_api_key.len())
+                .any(|w| w == created.host_api_key.as_bytes()),
+            "the host key is stored in clear"
+        );
+    }
 }

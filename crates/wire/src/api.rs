@@ -325,6 +325,41 @@ pub struct CreateNodeResponse {
     pub host_api_key: String,
 }
 
+/// A node's status in the registry (`shared/CONTRACT.md`, `GET /nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NodeState {
+    Online,
+    Offline,
+    Maintenance,
+}
+
+/// What a node offers in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCapacity {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub gpus: u32,
+}
+
+/// A node as `GET /nodes` (admin) shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeView {
+    pub node_id: NodeId,
+    pub name: String,
+    pub status: NodeState,
+    pub capacity: NodeCapacity,
+    /// Unix seconds of the latest heartbeat; `null` before the first.
+    pub last_heartbeat: Option<i64>,
+    /// The latest heartbeat's metrics, as the agent sent them (seed 001).
+    pub metrics: Option<crate::fleet::HostMetrics>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,48 @@
+//! Who is calling: the bearer token of a request, verified.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use vmfleet_auth::{Role, VerifiedToken};
+use vmfleet_core::Timestamp;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A request whose `Authorization: Bearer` token verified (signature, algorithm, expiry).
+#[derive(Debug, Clone)]
+pub struct Caller(pub VerifiedToken);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
+        state
+            .jwt
+            .verify(token.trim(), Timestamp::now().unix_seconds())
+            .map(Caller)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))
+    }
+}
+
+/// A caller with the admin role.
+#[derive(Debug, Clone)]
+pub struct Admin(pub VerifiedToken);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Caller(token) = Caller::from_request_parts(parts, state).await?;
+        if token.role == Role::Admin {
+            Ok(Admin(token))
+        } else {
+            Err(ApiError::Forbidden("this needs the admin role".into()))
+        }
+    }
+}

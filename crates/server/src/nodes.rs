@@ -1,0 +1,83 @@
+//! The node registry of `shared/CONTRACT.md`: `POST /nodes` and `GET /nodes`, admin only.
+
+use axum::Json;
+use axum::extract::State;
+use vmfleet_auth::{SecretHash, generate_secret};
+use vmfleet_store::{Node, NodeStatus, StoreError};
+use vmfleet_wire::api::{CreateNodeRequest, CreateNodeResponse, NodeCapacity, NodeState, NodeView};
+
+use crate::AppState;
+use crate::caller::Admin;
+use crate::error::ApiError;
+use crate::extract::Body;
+
+fn store(state: &AppState) -> Result<&vmfleet_store::Store, ApiError> {
+    state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this control plane has no database".into()))
+}
+
+/// `POST /nodes`: registers a node. Its host key is in this answer and nowhere else: the
+/// database keeps only its hash.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Body(req): Body<CreateNodeRequest>,
+) -> Result<Json<CreateNodeResponse>, ApiError> {
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "a node name is 1 to 64 printable characters".into(),
+        ));
+    }
+    let key = generate_secret();
+    let node = store(&state)?
+        .create_node(name, &SecretHash::of(&key))
+        .await?;
+    Ok(Json(CreateNodeResponse {
+        node_id: node.id,
+        host_api_key: key,
+    }))
+}
+
+/// `GET /nodes`: every node with its status, capacity, last heartbeat and latest metrics.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let nodes = store(&state)?.list_nodes().await?;
+    Ok(Json(nodes.into_iter().map(view).collect()))
+}
+
+pub(crate) fn view(n: Node) -> NodeView {
+    NodeView {
+        node_id: n.id,
+        name: n.name,
+        status: match n.status {
+            NodeStatus::Online => NodeState::Online,
+            NodeStatus::Offline => NodeState::Offline,
+            NodeStatus::Maintenance => NodeState::Maintenance,
+        },
+        capacity: NodeCapacity {
+            vcpus: n.capacity.vcpus,
+            memory_mib: n.capacity.memory_mib,
+            disk_gib: n.capacity.disk_gib,
+            gpus: n.capacity.gpus,
+        },
+        last_heartbeat: n.last_heartbeat.map(|t| t.unix_seconds()),
+        metrics: n.metrics.and_then(|m| serde_json::from_value(m).ok()),
+        created_at: n.created_at.unix_seconds(),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::Conflict(_) => ApiError::Conflict(e.to_string()),
+            StoreError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}

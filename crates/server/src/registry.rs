@@ -1,0 +1,110 @@
+//! The `/fleet` namespace's [`NodeRegistry`] over the database.
+
+use async_trait::async_trait;
+use serde_json::json;
+use vmfleet_auth::SecretHash;
+use vmfleet_core::{NodeId, Timestamp};
+use vmfleet_store::{Actor, AuditTarget, NodeStatus, Store};
+use vmfleet_wire::fleet::{self, Heartbeat, InstanceStarted, InstanceStopped};
+
+use crate::fleet::NodeRegistry;
+
+/// Nodes as the database knows them: host keys checked against their stored hashes, status
+/// following the connection, heartbeats and instance events recorded.
+pub struct StoreRegistry {
+    store: Store,
+}
+
+impl StoreRegistry {
+    pub fn new(store: Store) -> Self {
+        StoreRegistry { store }
+    }
+
+    async fn status(&self, node: &NodeId, status: NodeStatus) {
+        if let Err(e) = self.store.set_node_status(node, status).await {
+            tracing::error!(%node, error = %e, "cannot record the node's status");
+        }
+        let _ = self
+            .store
+            .append_audit(
+                &Actor::System,
+                "node_status",
+                &AuditTarget::Node(node.clone()),
+                &json!({ "status": status.as_str() }),
+            )
+            .await;
+    }
+}
+
+#[async_trait]
+impl NodeRegistry for StoreRegistry {
+    async fn authenticate(&self, host_key: &str) -> Option<(NodeId, String)> {
+        match self.store.node_by_key_hash(&SecretHash::of(host_key)).await {
+            Ok(Some(n)) => Some((n.id, n.name)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a host key");
+                None
+            }
+        }
+    }
+
+    async fn node_online(&self, node: &NodeId) {
+        // A drained node stays in maintenance when its agent reconnects.
+        let drained = self
+            .store
+            .get_node(node)
+            .await
+            .is_ok_and(|n| n.status == NodeStatus::Maintenance);
+        if !drained {
+            self.status(node, NodeStatus::Online).await;
+        }
+    }
+
+    async fn node_offline(&self, node: &NodeId) {
+        self.status(node, NodeStatus::Offline).await;
+    }
+
+    async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String> {
+        let metrics = serde_json::to_value(&hb.metrics).map_err(|e| e.to_string())?;
+        self.store
+            .record_heartbeat(node, &Timestamp::now(), &metrics, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if hb.status == fleet::NodeStatus::Maintenance {
+            let _ = self
+                .store
+                .set_node_status(node, NodeStatus::Maintenance)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn instance_started(&self, node: &NodeId, ev: &InstanceStarted) -> Result<(), String> {
+        let detail = serde_json::to_value(ev).map_err(|e| e.to_string())?;
+        self.store
+            .append_audit(
+                &Actor::Node(node.clone()),
+                "instance_started",
+                &AuditTarget::Rental(ev.rental_id.clone()),
+                &detail,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn instance_stopped(&self, node: &NodeId, ev: &InstanceStopped) -> Result<(), String> {
+        let detail = serde_json::to_value(ev).map_err(|e| e.to_string())?;
+        self.store
+            .append_audit(
+                &Actor::Node(node.clone()),
+                "instance_stopped",
+                &AuditTarget::Rental(ev.rental_id.clone()),
+                &detail,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
