@@ -34,3 +34,21 @@ ensure_rust() {
         exit 1
     fi
 }
+
+# A Python virtual environment under target/ with the official Socket.IO client, for the
+# interoperability tests; prints the interpreter to use.
+ensure_python_socketio() {
+    local venv=target/py-interop
+    if [ ! -x "$venv/bin/python" ]; then
+        command -v python3 >/dev/null 2>&1 || ensure_packages python3
+        python3 -m venv "$venv" >/dev/null 2>&1 || {
+            ensure_packages python3-venv
+            python3 -m venv "$venv" >&2
+        }
+    fi
+    if ! "$venv/bin/python" -c "import socketio, websocket" 2>/dev/null; then
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "python-socketio[client]>=5,<6" >&2
+    fi
+    echo "$PWD/$venv/bin/python"
+}

@@ -26,5 +26,8 @@ export VMFLEET_PG_DIR
 trap 'scripts/postgres-test.sh stop' EXIT
 VMFLEET_TEST_POSTGRES_URL="$(scripts/postgres-test.sh start)"
 export VMFLEET_TEST_POSTGRES_URL
+# The official python-socketio client, for the /fleet interoperability tests.
+VMFLEET_PYTHON="$(ensure_python_socketio)"
+export VMFLEET_PYTHON
 echo "== cargo test"
 cargo test --workspace --locked

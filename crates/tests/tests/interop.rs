@@ -1,0 +1,124 @@
+//! Interoperability of `/fleet` with the official Socket.IO clients: a host agent written with
+//! python-socketio (seed 001's own example language) connects with its Bearer key over both
+//! transports, emits every agent event and gets `{ "success": true }` acks, and answers every
+//! command the control plane sends.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmfleet_auth::JwtKey;
+use vmfleet_core::NodeId;
+use vmfleet_server::AppState;
+use vmfleet_tests::{Recorder, wait_log};
+use vmfleet_wire::fleet::{BackendCommand, DrainNode};
+
+async fn python_agent(transport: &str) {
+    let mut rec = Recorder::default();
+    rec.keys.insert(
+        "py-key".into(),
+        (NodeId::new("node-py").unwrap(), "py".into()),
+    );
+    let rec = Arc::new(rec);
+    let state = AppState::new(JwtKey::generate()).with_fleet(rec.clone(), Duration::from_secs(5));
+    let fleet = state.fleet.clone().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(vmfleet_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // scripts/test.sh makes a virtual environment with python-socketio and names it here.
+    let python = std::env::var("VMFLEET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
+        .arg(here.join("interop/python_agent.py"))
+        .arg(format!("http://{addr}"))
+        .arg("py-key")
+        .arg(here.join("../wire/tests/fixtures"))
+        .arg(transport)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with python-socketio (scripts/test.sh installs it)");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let mut next = async || {
+        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the python agent went quiet")
+            .expect("the python agent ended early");
+        line
+    };
+    loop {
+        let line = next().await;
+        lines.push(line.clone());
+        if line == "ready" {
+            break;
+        }
+    }
+    assert_eq!(lines[0], "connected node-py", "{lines:?}");
+    for ev in ["heartbeat", "instance_started", "instance_stopped"] {
+        assert!(
+            lines.contains(&format!("{ev} {{\"success\": true}}")),
+            "{ev} not acknowledged: {lines:?}"
+        );
+    }
+    wait_log(&rec, "heartbeat node-py Online").await;
+    wait_log(&rec, "started node-py uuid").await;
+    wait_log(&rec, "stopped node-py uuid Requested").await;
+
+    // Every command of the control plane reaches the Python agent and is acknowledged.
+    let node = NodeId::new("node-py").unwrap();
+    for (name, fixture) in [
+        (
+            "start_instance",
+            include_str!("../../wire/tests/fixtures/001/start_instance.json"),
+        ),
+        (
+            "stop_instance",
+            include_str!("../../wire/tests/fixtures/001/stop_instance.json"),
+        ),
+    ] {
+        let cmd = BackendCommand::decode(name, &serde_json::from_str(fixture).unwrap()).unwrap();
+        let ack = fleet
+            .send(&node, &cmd, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(ack, serde_json::json!({"success": true}), "{name}");
+        assert_eq!(next().await, format!("{name} uuid"));
+    }
+    let drain = BackendCommand::DrainNode(DrainNode {
+        node_id: node.clone(),
+        reason: "Scheduled maintenance".into(),
+    });
+    fleet
+        .send(&node, &drain, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(next().await, "drain_node Scheduled maintenance");
+    assert_eq!(next().await, "done");
+    assert!(child.wait().unwrap().success());
+    wait_log(&rec, "offline node-py").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_socketio_agent_over_websocket() {
+    python_agent("websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_socketio_agent_over_long_polling() {
+    python_agent("polling").await;
+}
