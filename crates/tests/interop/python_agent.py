@@ -9,6 +9,7 @@ Usage: python_agent.py URL HOST_KEY FIXTURES_DIR TRANSPORT
 import json
 import sys
 import threading
+import time
 
 import socketio
 
@@ -72,5 +73,7 @@ for name, payload in [
 print("ready", flush=True)
 if not drained.wait(15):
     sys.exit("no drain_node")
+# The handler's return value (the ack) is sent after it returns: let it go out first.
+time.sleep(0.5)
 sio.disconnect()
 print("done", flush=True)

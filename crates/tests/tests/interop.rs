@@ -55,11 +55,10 @@ async fn python_agent(transport: &str) {
     });
     let mut lines = Vec::new();
     let mut next = async || {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
             .expect("the python agent went quiet")
-            .expect("the python agent ended early");
-        line
+            .expect("the python agent ended early")
     };
     loop {
         let line = next().await;
