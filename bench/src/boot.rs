@@ -278,6 +278,7 @@ impl Bench {
             initrd: None,
             rootfs: ImageName::new(ROOTFS).context("image name")?,
             boot_args: None,
+            labels: Default::default(),
         };
         let dir = self.vms.join(id.as_str());
         let t0 = Instant::now();

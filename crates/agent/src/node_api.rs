@@ -6,8 +6,8 @@
 //! Authentication: the node token, as `Authorization: Bearer <token>` or `?token=<token>` on
 //! the upgrade request; anything else is refused with HTTP 401 before the upgrade.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +22,11 @@ use vmfleet_wire::DecodeError;
 use vmfleet_wire::api::{DEFAULT_KERNEL, DEFAULT_ROOTFS};
 use vmfleet_wire::node::{NodeErrorCode, NodeReply, NodeRequest, NodeVm};
 
+/// The labels a VM of the node API carries: who asked for it (they survive an agent restart
+/// with the VM).
+const JOB_LABEL: &str = "vmfleet.job_id";
+const BUYER_LABEL: &str = "vmfleet.buyer_id";
+
 /// Largest frame the API reads.
 const MAX_FRAME: usize = 64 * 1024;
 
@@ -29,8 +34,6 @@ const MAX_FRAME: usize = 64 * 1024;
 pub struct NodeApi {
     vmm: Arc<dyn Hypervisor>,
     token: String,
-    /// Who asked for each VM.
-    owners: Mutex<HashMap<VmId, (JobId, BuyerId)>>,
     stop_timeout: Duration,
 }
 
@@ -48,13 +51,8 @@ impl NodeApi {
         Arc::new(NodeApi {
             vmm,
             token: token.into(),
-            owners: Mutex::new(HashMap::new()),
             stop_timeout,
         })
-    }
-
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, (JobId, BuyerId)>> {
-        self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Accepts connections on `listener` until the task is dropped.
@@ -165,32 +163,27 @@ impl NodeApi {
                 .stop(&vm_id, self.stop_timeout)
                 .await
                 .map(|st| NodeReply::VmStopped(self.view(st))),
-            NodeRequest::TerminateVm { vm_id } => {
-                let r = self.vmm.delete(&vm_id).await;
-                if r.is_ok() {
-                    self.owners().remove(&vm_id);
-                }
-                r.map(|()| NodeReply::VmTerminated { vm_id })
-            }
+            NodeRequest::TerminateVm { vm_id } => self
+                .vmm
+                .delete(&vm_id)
+                .await
+                .map(|()| NodeReply::VmTerminated { vm_id }),
             NodeRequest::GetVmStatus { vm_id } => self
                 .vmm
                 .status(&vm_id)
                 .await
                 .map(|st| NodeReply::VmStatus(self.view(st))),
             NodeRequest::GetBuyerVms { buyer_id } => {
-                let mine: Vec<VmId> = self
-                    .owners()
-                    .iter()
-                    .filter(|(_, (_, b))| *b == buyer_id)
-                    .map(|(id, _)| id.clone())
+                let vms = self
+                    .vmm
+                    .list()
+                    .await
+                    .into_iter()
+                    .filter(|st| {
+                        st.labels.get(BUYER_LABEL).map(String::as_str) == Some(buyer_id.as_str())
+                    })
+                    .map(|st| self.view(st))
                     .collect();
-                let mut vms = Vec::new();
-                for id in mine {
-                    if let Ok(st) = self.vmm.status(&id).await {
-                        vms.push(self.view(st));
-                    }
-                }
-                vms.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
                 Ok(NodeReply::BuyerVms { buyer_id, vms })
             }
         };
@@ -223,15 +216,17 @@ impl NodeApi {
                 initrd: None,
                 rootfs: image(DEFAULT_ROOTFS)?,
                 boot_args: None,
+                labels: BTreeMap::from([
+                    (JOB_LABEL.to_owned(), job_id.to_string()),
+                    (BUYER_LABEL.to_owned(), buyer_id.to_string()),
+                ]),
             })
             .await?;
-        self.owners().insert(id.clone(), (job_id, buyer_id));
         // The seed's lifecycle: a created VM runs the buyer's workload.
         let st = match self.vmm.boot(&id).await {
             Ok(st) => st,
             Err(e) => {
                 let _ = self.vmm.delete(&id).await;
-                self.owners().remove(&id);
                 return Err(e);
             }
         };
@@ -239,10 +234,16 @@ impl NodeApi {
     }
 
     fn view(&self, st: VmStatus) -> NodeVm {
-        let (job_id, buyer_id) = self.owners().get(&st.id).cloned().unwrap_or_else(|| {
-            let unknown = BuyerId::new("unknown").expect("\"unknown\" is a valid buyer id");
-            (JobId(0), unknown)
-        });
+        let job_id = st
+            .labels
+            .get(JOB_LABEL)
+            .and_then(|j| j.parse().ok())
+            .map_or(JobId(0), JobId);
+        let buyer_id = st
+            .labels
+            .get(BUYER_LABEL)
+            .and_then(|b| BuyerId::new(b.as_str()).ok())
+            .unwrap_or_else(|| BuyerId::new("unknown").expect("\"unknown\" is a valid buyer id"));
         NodeVm {
             vm_id: st.id,
             job_id,

@@ -128,6 +128,11 @@ pub async fn start(
         base.join("instances"),
     )
     .map_err(|e| CliError::Local(e.to_string()))?;
+    // Guests left running by the previous start are taken back, not booted again.
+    let found = vmm.recover().await;
+    if !found.is_empty() {
+        tracing::info!(vms = found.len(), "found the VMs of the previous start");
+    }
     let token = dir.secret(NODE_TOKEN)?;
     let listener = tokio::net::TcpListener::bind(node_api_listen)
         .await

@@ -29,7 +29,7 @@ impl BackendKind {
 }
 
 /// Everything a backend needs to launch a guest, paths already resolved and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
     pub id: VmId,
     pub resources: VmResources,
@@ -45,14 +45,14 @@ pub struct VmSpec {
     pub network: Option<NetAttachment>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
 }
 
 /// A TAP device the guest's NIC is attached to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetAttachment {
     pub tap: String,
     /// `52:54:00:xx:xx:xx`.

@@ -1,5 +1,6 @@
 //! The operations vmfleet performs on VMs, whatever runs them.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -22,6 +23,8 @@ pub struct CreateVm {
     pub rootfs: ImageName,
     /// The kernel command line; a serial console and the root disk by default.
     pub boot_args: Option<String>,
+    /// Free-form metadata kept with the VM (who asked for it, for what), persisted with it.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A VM as its hypervisor sees it.
@@ -39,6 +42,7 @@ pub struct VmStatus {
     pub booted_at: Option<SystemTime>,
     /// The guest's address on its bridge; `None` without vmfleet networking.
     pub ip_address: Option<std::net::IpAddr>,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl VmStatus {

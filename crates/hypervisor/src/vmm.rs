@@ -62,7 +62,22 @@ struct InstState {
     booted_at: Option<SystemTime>,
     /// The address IPAM gave the VM (its TAP is named after it).
     ip: Option<std::net::Ipv4Addr>,
+    labels: std::collections::BTreeMap<String, String>,
 }
+
+/// What `<vm dir>/vm.json` keeps of a VM, so that a restarted agent finds it again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    spec: VmSpec,
+    state: VmState,
+    reason: Option<String>,
+    ip: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The file of a VM's directory that describes it.
+const VM_FILE: &str = "vm.json";
 
 fn host_mem_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -198,6 +213,7 @@ impl Vmm {
             last_state_change: st.last_change,
             booted_at: st.booted_at,
             ip_address: st.ip.map(std::net::IpAddr::V4),
+            labels: st.labels.clone(),
         }
     }
 
@@ -209,6 +225,9 @@ impl Vmm {
             }
             st.state = state;
             st.reason = reason;
+        }
+        if state != VmState::Deleted {
+            persist(&self.dir(&inst.id), &inst.st());
         }
         let status = self.status_of(inst);
         let _ = self.events.send(status.clone());
@@ -254,6 +273,7 @@ impl Vmm {
 
     fn watch_exit(&self, inst: Arc<Instance>, guest: Arc<dyn Guest>, generation: u64) {
         let events = self.events.clone();
+        let dir = self.dir(&inst.id);
         let backend = self.backend.kind();
         let mut exited = guest.exited();
         drop(guest);
@@ -277,6 +297,7 @@ impl Vmm {
                     st.state = state;
                     st.reason = reason;
                     st.last_change = SystemTime::now();
+                    persist(&dir, &st);
                 }
                 VmStatus {
                     id: inst.id.clone(),
@@ -288,6 +309,7 @@ impl Vmm {
                     last_state_change: st.last_change,
                     booted_at: None,
                     ip_address: st.ip.map(std::net::IpAddr::V4),
+                    labels: st.labels.clone(),
                 }
             };
             tracing::info!(vm = %status.id, state = %status.state, "guest process ended");
@@ -317,6 +339,110 @@ impl Vmm {
         std::fs::copy(from, to)
             .map(drop)
             .map_err(HypervisorError::io(to))
+    }
+}
+
+/// Writes the VM's description next to its disks (atomically: a crash leaves the old one).
+fn persist(dir: &Path, st: &InstState) {
+    let p = Persisted {
+        spec: st.spec.clone(),
+        state: st.state,
+        reason: st.reason.clone(),
+        ip: st.ip,
+        labels: st.labels.clone(),
+    };
+    let Ok(json) = serde_json::to_vec_pretty(&p) else {
+        return;
+    };
+    let tmp = dir.join(format!("{VM_FILE}.tmp"));
+    let done = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, dir.join(VM_FILE)));
+    if let Err(e) = done {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot record a VM's state");
+    }
+}
+
+impl Vmm {
+    /// Finds the VMs a previous process left under the base directory: a guest whose process
+    /// still runs is re-adopted (console, metrics and operations work again, no second boot);
+    /// one whose process died meanwhile is in `error`, saying so.
+    pub async fn recover(&self) -> Vec<VmStatus> {
+        let Ok(entries) = std::fs::read_dir(&self.base) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(text) = std::fs::read(dir.join(VM_FILE)) else {
+                continue;
+            };
+            let p: Persisted = match serde_json::from_slice(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "a VM's description is unreadable; leaving it alone");
+                    continue;
+                }
+            };
+            let id = p.spec.id.clone();
+            if self.table().contains_key(&id) {
+                continue;
+            }
+            if let (Some(ip), Some(mut net)) = (p.ip, self.net()) {
+                let _ = net.pool.claim(ip);
+            }
+            let inst = Arc::new(Instance {
+                id: id.clone(),
+                op: Arc::default(),
+                st: Mutex::new(InstState {
+                    spec: p.spec.clone(),
+                    state: p.state,
+                    reason: p.reason.clone(),
+                    guest: None,
+                    generation: 0,
+                    stopping: false,
+                    last_change: SystemTime::now(),
+                    booted_at: None,
+                    ip: p.ip,
+                    labels: p.labels,
+                }),
+            });
+            self.table().insert(id.clone(), inst.clone());
+            let status = if p.state.has_process() {
+                match self.backend.adopt(&p.spec, &dir).await {
+                    Ok(guest) => {
+                        let guest: Arc<dyn Guest> = Arc::from(guest);
+                        let generation = {
+                            let mut st = inst.st();
+                            st.generation += 1;
+                            st.guest = Some(guest.clone());
+                            st.booted_at = Some(SystemTime::now());
+                            st.generation
+                        };
+                        self.watch_exit(inst.clone(), guest, generation);
+                        // Booting or stopping when the owner died: the guest runs now.
+                        let state = if p.state == VmState::Paused {
+                            VmState::Paused
+                        } else {
+                            VmState::Running
+                        };
+                        tracing::info!(vm = %id, "re-adopted a running guest");
+                        self.set_state(&inst, state, None)
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %id, error = %e, "a guest died while vmfleet was down");
+                        self.set_state(
+                            &inst,
+                            VmState::Error,
+                            Some(format!("the guest stopped while vmfleet was down: {e}")),
+                        )
+                    }
+                }
+            } else {
+                self.status_of(&inst)
+            };
+            found.push(status);
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
     }
 }
 
@@ -402,6 +528,7 @@ impl Hypervisor for Vmm {
                     last_change: SystemTime::now(),
                     booted_at: None,
                     ip: network.map(|(ip, _, _)| ip),
+                    labels: req.labels.clone(),
                 }),
             });
             table.insert(req.id.clone(), inst.clone());

@@ -60,6 +60,7 @@ fn spec(id: &str) -> CreateVm {
         initrd: None,
         rootfs: ImageName::new("rootfs.ext4").unwrap(),
         boot_args: None,
+        labels: Default::default(),
     }
 }
 

@@ -44,6 +44,7 @@ fn guest(id: &str) -> CreateVm {
         initrd: None,
         rootfs: ImageName::new("rootfs.ext4").unwrap(),
         boot_args: None,
+        labels: Default::default(),
     }
 }
 

@@ -48,9 +48,10 @@ impl Qmp {
             .map_err(HypervisorError::io(path))?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        let greeting = lines
-            .next_line()
+        // QEMU serves one QMP client at a time: behind another one, no greeting ever comes.
+        let greeting = tokio::time::timeout(std::time::Duration::from_secs(5), lines.next_line())
             .await
+            .map_err(|_| HypervisorError::Timeout("QMP's greeting (is another client connected?)"))?
             .map_err(HypervisorError::io(path))?
             .ok_or_else(|| proto("QMP closed before its greeting"))?;
         let greeting: Value =

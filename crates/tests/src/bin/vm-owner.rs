@@ -33,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         initrd: None,
         rootfs: ImageName::new("rootfs.ext4")?,
         boot_args: None,
+        labels: Default::default(),
     })
     .await?;
     let st = vmm.boot(&id).await?;
