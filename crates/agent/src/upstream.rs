@@ -211,6 +211,14 @@ impl Upstream {
                 self.state.draining.store(true, Ordering::SeqCst);
                 Ack::ok()
             }
+            Ok(BackendCommand::UndrainNode(u)) if &u.node_id != node => {
+                Ack::refused(format!("this is node {node}, not {}", u.node_id))
+            }
+            Ok(BackendCommand::UndrainNode(_)) => {
+                tracing::info!("drain ended: taking new rentals again");
+                self.state.draining.store(false, Ordering::SeqCst);
+                Ack::ok()
+            }
             Ok(BackendCommand::StartInstance(req)) => self.start(client, req).await,
             Ok(BackendCommand::StopInstance(req)) => self.stop(client, req).await,
         };

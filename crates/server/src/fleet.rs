@@ -250,6 +250,13 @@ impl Fleet {
         self.io.close().await;
     }
 
+    /// Disconnects `node`'s agent, if connected (the node was removed).
+    pub fn drop_node(&self, node: &NodeId) {
+        if let Some((sock, _)) = self.nodes().remove(node) {
+            let _ = sock.disconnect();
+        }
+    }
+
     /// Whether `node` is connected now.
     pub fn is_connected(&self, node: &NodeId) -> bool {
         self.nodes().contains_key(node)

@@ -1,10 +1,15 @@
 //! The node registry of `shared/CONTRACT.md`: `POST /nodes` and `GET /nodes`, admin only.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use vmfleet_auth::{SecretHash, generate_secret};
+use vmfleet_core::NodeId;
 use vmfleet_store::{Node, NodeStatus, StoreError};
+use vmfleet_wire::api::ActionResponse;
 use vmfleet_wire::api::{CreateNodeRequest, CreateNodeResponse, NodeCapacity, NodeState, NodeView};
+use vmfleet_wire::fleet::{BackendCommand, DrainNode, UndrainNode};
 
 use crate::AppState;
 use crate::caller::Admin;
@@ -48,6 +53,80 @@ pub(crate) async fn list(
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     let nodes = store(&state)?.list_nodes().await?;
     Ok(Json(nodes.into_iter().map(view).collect()))
+}
+
+fn node_id(raw: &str) -> Result<NodeId, ApiError> {
+    NodeId::new(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// How long a node has to acknowledge a drain or undrain.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `POST /nodes/{id}/drain`: the node takes no new work (`MAINTENANCE`); what it runs goes on.
+/// A connected agent is told at once (`drain_node`); a disconnected one stays in maintenance
+/// when it returns.
+pub(crate) async fn drain(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    let id = node_id(&id)?;
+    let store = store(&state)?;
+    store.get_node(&id).await?;
+    store.set_node_status(&id, NodeStatus::Maintenance).await?;
+    if let Some(fleet) = state.fleet.as_ref().filter(|f| f.is_connected(&id)) {
+        let cmd = BackendCommand::DrainNode(DrainNode {
+            node_id: id.clone(),
+            reason: "drained by an operator".into(),
+        });
+        fleet
+            .send(&id, &cmd, COMMAND_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    }
+    Ok(Json(view(store.get_node(&id).await?)))
+}
+
+/// `POST /nodes/{id}/undrain`: the node takes new work again.
+pub(crate) async fn undrain(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    let id = node_id(&id)?;
+    let store = store(&state)?;
+    store.get_node(&id).await?;
+    let connected = state.fleet.as_ref().filter(|f| f.is_connected(&id));
+    if let Some(fleet) = connected {
+        let cmd = BackendCommand::UndrainNode(UndrainNode {
+            node_id: id.clone(),
+        });
+        fleet
+            .send(&id, &cmd, COMMAND_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    }
+    let status = if connected.is_some() {
+        NodeStatus::Online
+    } else {
+        NodeStatus::Offline
+    };
+    store.set_node_status(&id, status).await?;
+    Ok(Json(view(store.get_node(&id).await?)))
+}
+
+/// `DELETE /nodes/{id}`: removes a node that runs nothing (409 otherwise) and drops its agent.
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let id = node_id(&id)?;
+    store(&state)?.delete_node(&id).await?;
+    if let Some(fleet) = &state.fleet {
+        fleet.drop_node(&id);
+    }
+    Ok(Json(ActionResponse::new(format!("node {id} removed"))))
 }
 
 pub(crate) fn view(n: Node) -> NodeView {

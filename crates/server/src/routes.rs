@@ -14,6 +14,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/health", get(health))
         .route("/ping", post(ping))
         .route("/nodes", post(crate::nodes::create).get(crate::nodes::list))
+        .route("/nodes/{id}", axum::routing::delete(crate::nodes::remove))
+        .route("/nodes/{id}/drain", post(crate::nodes::drain))
+        .route("/nodes/{id}/undrain", post(crate::nodes::undrain))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -305,3 +305,119 @@ async fn nodes_are_registered_by_an_admin_and_their_keys_kept_hashed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_drains_undrains_and_removes_a_node_with_a_live_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path()).await;
+    let base = format!("http://{}", plane.addr());
+    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path()).unwrap();
+    let admin = admin.trim();
+    let http = reqwest::Client::new();
+    let created: vmfleet_wire::api::CreateNodeResponse = http
+        .post(format!("{base}/nodes"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": "box-d"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upstream = vmfleet_agent::upstream::Upstream::new(
+        base.clone(),
+        created.host_api_key.clone(),
+        Duration::from_millis(300),
+        None,
+        vmfleet_agent::host::HostSampler::new(dir.path()),
+    );
+    let agent_state = upstream.state();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(async move {
+        upstream
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let node_url = format!("{base}/nodes/{}", created.node_id);
+    let status = |http: reqwest::Client, base: String| async move {
+        let nodes: Vec<vmfleet_wire::api::NodeView> = http
+            .get(format!("{base}/nodes"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        nodes[0].status
+    };
+    use vmfleet_wire::api::NodeState;
+    for _ in 0..100 {
+        if status(http.clone(), base.clone()).await == NodeState::Online {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(http.clone(), base.clone()).await, NodeState::Online);
+
+    let drained: vmfleet_wire::api::NodeView = http
+        .post(format!("{node_url}/drain"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(drained.status, NodeState::Maintenance);
+    assert!(agent_state.is_draining(), "the agent was not told");
+    // Heartbeats keep it in maintenance.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        status(http.clone(), base.clone()).await,
+        NodeState::Maintenance
+    );
+
+    let undrained: vmfleet_wire::api::NodeView = http
+        .post(format!("{node_url}/undrain"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(undrained.status, NodeState::Online);
+    assert!(!agent_state.is_draining());
+
+    // Removal: the node goes, its agent is dropped (and refused when it dials again).
+    let r = http
+        .delete(&node_url)
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .delete(&node_url)
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = http
+        .post(format!("{base}/nodes/..%2Fx/drain"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .unwrap()
+        .unwrap();
+    plane.stop().await.unwrap();
+}

@@ -165,6 +165,13 @@ pub struct NodeInfo {
 /// The event name of [`NodeInfo`].
 pub const NODE_INFO: &str = "node_info";
 
+/// `undrain_node` (vmfleet's addition to seed 001): the node takes new rentals again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UndrainNode {
+    pub node_id: NodeId,
+}
+
 /// The acknowledgement of an event: `{ "success": true }`, or `false` with a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +211,8 @@ pub enum BackendCommand {
     StartInstance(StartInstance),
     StopInstance(StopInstance),
     DrainNode(DrainNode),
+    /// vmfleet's addition: end a drain.
+    UndrainNode(UndrainNode),
 }
 
 impl AgentEvent {
@@ -243,13 +252,19 @@ impl AgentEvent {
 }
 
 impl BackendCommand {
-    pub const NAMES: [&'static str; 3] = ["start_instance", "stop_instance", "drain_node"];
+    pub const NAMES: [&'static str; 4] = [
+        "start_instance",
+        "stop_instance",
+        "drain_node",
+        "undrain_node",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             BackendCommand::StartInstance(_) => "start_instance",
             BackendCommand::StopInstance(_) => "stop_instance",
             BackendCommand::DrainNode(_) => "drain_node",
+            BackendCommand::UndrainNode(_) => "undrain_node",
         }
     }
 
@@ -258,6 +273,7 @@ impl BackendCommand {
             BackendCommand::StartInstance(p) => serde_json::to_value(p),
             BackendCommand::StopInstance(p) => serde_json::to_value(p),
             BackendCommand::DrainNode(p) => serde_json::to_value(p),
+            BackendCommand::UndrainNode(p) => serde_json::to_value(p),
         };
         // Serializing these types cannot fail: every map key is a string or an integer.
         v.unwrap_or(Value::Null)
@@ -271,7 +287,8 @@ impl BackendCommand {
             Some(kind @ "stop_instance") => {
                 from_value(kind, payload).map(BackendCommand::StopInstance)
             }
-            Some(kind) => from_value(kind, payload).map(BackendCommand::DrainNode),
+            Some(kind @ "drain_node") => from_value(kind, payload).map(BackendCommand::DrainNode),
+            Some(kind) => from_value(kind, payload).map(BackendCommand::UndrainNode),
             None => Err(match known(name, &AgentEvent::NAMES) {
                 Some(ev) => DecodeError::WrongDirection(ev),
                 None => DecodeError::UnknownType(name.to_owned()),
