@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 
 /// The agent's settings. Each flag also reads the environment variable of seed 000/001 named
 /// beside it; a flag given on the command line wins.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct AgentConfig {
     /// URL of the control plane the agent dials out to (its `/fleet` Socket.IO namespace).
     #[arg(long, env = "API_URL", default_value = "http://127.0.0.1:8080")]
@@ -40,6 +40,14 @@ pub struct AgentConfig {
     #[arg(long, env = "PUBLIC_HOST", default_value = "localhost")]
     pub public_host: String,
 
+    /// How many times its CPUs the node may promise to rentals (1: no overcommit).
+    #[arg(long, env = "CPU_OVERCOMMIT", default_value_t = 1.0)]
+    pub cpu_overcommit: f64,
+
+    /// How many times its memory the node may promise to rentals (1: no overcommit).
+    #[arg(long, env = "MEMORY_OVERCOMMIT", default_value_t = 1.0)]
+    pub memory_overcommit: f64,
+
     /// Seconds between heartbeats (seed 001: 5).
     #[arg(long, env = "HEARTBEAT_SECS", default_value_t = 5)]
     pub heartbeat_secs: u64,
@@ -66,12 +74,14 @@ impl LogLevel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     #[error("API_URL must be an http:// or https:// URL with a host, not {0:?}")]
     BadApiUrl(String),
     #[error("HOST_API_KEY is not set: register the node with POST /nodes and pass its key")]
     MissingHostKey,
+    #[error("an overcommit ratio is a number from 0.1 to 16, not {0}")]
+    BadOvercommit(f64),
 }
 
 /// The scheme and host of an `http(s)://host[:port][/path]` URL.
@@ -100,6 +110,11 @@ impl AgentConfig {
             .ok_or_else(|| ConfigError::BadApiUrl(self.api_url.clone()))?;
         if self.host_api_key.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::MissingHostKey);
+        }
+        for r in [self.cpu_overcommit, self.memory_overcommit] {
+            if !(0.1..=16.0).contains(&r) {
+                return Err(ConfigError::BadOvercommit(r));
+            }
         }
         let mut warnings = Vec::new();
         if scheme == "http" && !is_loopback(host) {

@@ -205,6 +205,34 @@ impl HostSampler {
     }
 }
 
+/// How far the node may promise more than it has: allocatable = physical × ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overcommit {
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit {
+            cpu: 1.0,
+            memory: 1.0,
+        }
+    }
+}
+
+/// What this host may allocate, from a metrics sample: vCPUs (the CPUs this process may run
+/// on) and memory scaled by the overcommit ratios, disk and GPUs as they are.
+pub fn capacity(m: &HostMetrics, over: Overcommit) -> vmfleet_wire::fleet::Capacity {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    vmfleet_wire::fleet::Capacity {
+        vcpus: (cpus * over.cpu.max(0.0)).floor() as u32,
+        memory_mb: (m.ram_total_mb as f64 * over.memory.max(0.0)).floor() as u64,
+        disk_gb: m.disk_total_gb.floor() as u64,
+        gpus: u32::try_from(m.gpu_temp.len()).unwrap_or(u32::MAX),
+    }
+}
+
 /// `(used, total)` GB of the filesystem holding `path` (or its nearest existing parent).
 fn disk_gb(path: &Path) -> Option<(f64, f64)> {
     let existing = path.ancestors().find(|p| p.exists())?;
@@ -259,5 +287,15 @@ mod tests {
         // The GPU arrays are parallel: one entry per GPU in each.
         assert_eq!(m.gpu_temp.len(), m.gpu_utilization.len());
         assert_eq!(m.gpu_temp.len(), m.gpu_memory_used_mb.len());
+        let c = capacity(&m, Overcommit::default());
+        assert!(c.vcpus >= 1 && c.memory_mb == m.ram_total_mb, "{c:?}");
+        let doubled = capacity(
+            &m,
+            Overcommit {
+                cpu: 2.0,
+                memory: 1.5,
+            },
+        );
+        assert_eq!(doubled.vcpus, c.vcpus * 2);
     }
 }

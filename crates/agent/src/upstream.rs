@@ -20,7 +20,7 @@ use vmfleet_wire::fleet::{
     NAMESPACE, NODE_INFO, NodeInfo, NodeStatus, StartInstance, StopInstance, StopReason,
 };
 
-use crate::host::HostSampler;
+use crate::host::{HostSampler, Overcommit, capacity};
 use crate::sio::{Incoming, SioClient, SioError};
 
 /// How the agent reaches the control plane and what it runs.
@@ -36,6 +36,7 @@ pub struct Upstream {
 pub struct AgentState {
     draining: AtomicBool,
     sampler: Mutex<HostSampler>,
+    overcommit: Overcommit,
 }
 
 impl AgentState {
@@ -100,8 +101,18 @@ impl Upstream {
             state: Arc::new(AgentState {
                 draining: AtomicBool::new(false),
                 sampler: Mutex::new(sampler),
+                overcommit: Overcommit::default(),
             }),
         }
+    }
+
+    /// Lets the node promise more CPU or memory than it has (ratios above 1). Call it before
+    /// [`Upstream::state`] or [`Upstream::run`].
+    pub fn with_overcommit(mut self, overcommit: Overcommit) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.overcommit = overcommit;
+        }
+        self
     }
 
     pub fn state(&self) -> Arc<AgentState> {
@@ -241,7 +252,10 @@ impl Upstream {
         } else {
             match &self.containers {
                 None => Err("this node has no container engine".to_owned()),
-                Some(docker) => docker.start(&req).await.map_err(|e| e.to_string()),
+                Some(docker) => match self.fits(docker, &req).await {
+                    Err(why) => Err(why),
+                    Ok(()) => docker.start(&req).await.map_err(|e| e.to_string()),
+                },
             }
         };
         match outcome {
@@ -259,6 +273,55 @@ impl Upstream {
                 Ack::refused(message)
             }
         }
+    }
+
+    /// Whether the rental fits beside what already runs here, within the node's capacity.
+    async fn fits(&self, docker: &DockerRuntime, req: &StartInstance) -> Result<(), String> {
+        let running = docker.list().await.map_err(|e| e.to_string())?;
+        // A repeated start of a running rental needs no more room.
+        if running.iter().any(|c| {
+            c.rental_id.as_ref() == Some(&req.rental_id) && c.state == ContainerState::Running
+        }) {
+            return Ok(());
+        }
+        let metrics = self
+            .state
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample();
+        let cap = capacity(&metrics, self.state.overcommit);
+        let live = running
+            .iter()
+            .filter(|c| c.state == ContainerState::Running);
+        let (cpu, mem) = live.fold((0.0f64, 0u64), |(c, m), x| {
+            (
+                c + x.nano_cpus as f64 / 1e9,
+                m + u64::try_from(x.memory_bytes).unwrap_or(0),
+            )
+        });
+        let want_cpu = cpu + req.resource_limits.cpu_cores;
+        let want_mem_mb = (mem + req.resource_limits.ram_limit.as_bytes()) >> 20;
+        if want_cpu > f64::from(cap.vcpus) {
+            return Err(format!(
+                "insufficient capacity: {want_cpu} CPU cores wanted in all, the node allocates {}",
+                cap.vcpus
+            ));
+        }
+        if want_mem_mb > cap.memory_mb {
+            return Err(format!(
+                "insufficient capacity: {want_mem_mb} MiB of memory wanted in all, the node allocates {}",
+                cap.memory_mb
+            ));
+        }
+        let gpus = req.resource_limits.gpu_indices.len();
+        if gpus > cap.gpus as usize {
+            return Err(format!(
+                "insufficient capacity: {gpus} GPUs wanted, the node has {}",
+                cap.gpus
+            ));
+        }
+        Ok(())
     }
 
     async fn stop(&self, client: &SioClient, req: StopInstance) -> Ack {
@@ -379,6 +442,7 @@ async fn heartbeats(
         let hb = AgentEvent::Heartbeat(Heartbeat {
             node_id: node.clone(),
             status,
+            capacity: Some(capacity(&metrics, state.overcommit)),
             metrics,
         });
         emit(&client, &hb).await;

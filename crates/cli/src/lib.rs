@@ -202,6 +202,10 @@ async fn agent_upstream(config: &AgentConfig) -> vmfleet_agent::upstream::Upstre
         containers,
         vmfleet_agent::host::HostSampler::new(&config.vm_base_path),
     )
+    .with_overcommit(vmfleet_agent::host::Overcommit {
+        cpu: config.cpu_overcommit,
+        memory: config.memory_overcommit,
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -39,6 +39,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub struct ControlPlane {
     addr: SocketAddr,
     store: vmfleet_store::Store,
+    fleet: Option<vmfleet_server::fleet::Fleet>,
     data_dir: DataDir,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
@@ -79,6 +80,7 @@ impl ControlPlane {
         })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let state = AppState::new(key).with_store(store.clone(), HEARTBEAT);
+        let fleet = state.fleet.clone();
         let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
             let _ = stopped.await;
         }));
@@ -86,6 +88,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             addr,
             store,
+            fleet,
             data_dir,
             stop,
             task,
@@ -94,6 +97,11 @@ impl ControlPlane {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `/fleet` namespace: connected nodes, commands to them.
+    pub fn fleet(&self) -> Option<vmfleet_server::fleet::Fleet> {
+        self.fleet.clone()
     }
 
     pub fn store(&self) -> &vmfleet_store::Store {

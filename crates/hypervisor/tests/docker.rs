@@ -10,12 +10,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 use vmfleet_core::RentalId;
@@ -80,8 +78,7 @@ async fn setup() -> Result<Env, String> {
         )
     })?;
     let rt = daemon.runtime(PUBLIC_HOST);
-    let tar = busybox_rootfs_tar().map_err(|e| format!("cannot build the busybox image: {e}"))?;
-    rt.import_image(IMAGE, tar, &[r#"CMD ["sleep", "100000"]"#])
+    vmfleet_hypervisor::docker::import_busybox(&rt, IMAGE)
         .await
         .map_err(|e| format!("cannot import {IMAGE}: {}", chain(&e)))?;
     eprintln!(
@@ -95,42 +92,6 @@ async fn setup() -> Result<Env, String> {
         daemon: Mutex::new(Some(daemon)),
         rt,
     })
-}
-
-/// A root file system of busybox and its applets, as a tar stream.
-fn busybox_rootfs_tar() -> Result<Bytes, String> {
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.exists() {
-        return Err("/bin/busybox is missing (apt-get install busybox-static)".to_owned());
-    }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let root = dir.path();
-    for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).map_err(|e| e.to_string())?;
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
-        .map_err(|e| e.to_string())?;
-    let list = std::process::Command::new(busybox)
-        .arg("--list")
-        .output()
-        .map_err(|e| e.to_string())?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let link = root.join("bin").join(applet);
-        if !applet.is_empty() && !link.exists() {
-            std::os::unix::fs::symlink("busybox", link).map_err(|e| e.to_string())?;
-        }
-    }
-    let out = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(root)
-        .args(["-c", "."])
-        .output()
-        .map_err(|e| format!("tar: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("tar: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(Bytes::from(out.stdout))
 }
 
 fn main() {

@@ -67,8 +67,14 @@ impl NodeRegistry for StoreRegistry {
 
     async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String> {
         let metrics = serde_json::to_value(&hb.metrics).map_err(|e| e.to_string())?;
+        let cap = hb.capacity.map(|c| vmfleet_store::Resources {
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mb,
+            disk_gib: c.disk_gb,
+            gpus: c.gpus,
+        });
         self.store
-            .record_heartbeat(node, &Timestamp::now(), &metrics, None)
+            .record_heartbeat(node, &Timestamp::now(), &metrics, cap)
             .await
             .map_err(|e| e.to_string())?;
         if hb.status == fleet::NodeStatus::Maintenance {

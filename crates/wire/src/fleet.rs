@@ -22,6 +22,19 @@ pub struct Heartbeat {
     pub node_id: NodeId,
     pub status: NodeStatus,
     pub metrics: HostMetrics,
+    /// vmfleet's addition: what the node may allocate in all (its overcommit applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// What a node may allocate to rentals and VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub gpus: u32,
 }
 
 /// What the node offers, as it reports it in heartbeats.

@@ -36,7 +36,7 @@ use crate::backend::GuestMetrics;
 use crate::console::Console;
 use client::{Engine, Payload, Refusal, segment};
 
-pub use scratch::ScratchDaemon;
+pub use scratch::{ScratchDaemon, import_busybox};
 pub use spec::{
     ContainerInfo, ContainerSpec, ContainerState, DiskLimitSupport, NAME_PREFIX, RENTAL_LABEL,
     SSH_PORT,

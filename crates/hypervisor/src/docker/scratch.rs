@@ -450,3 +450,55 @@ mod tests {
         assert_eq!(unescape_mount("/plain"), "/plain");
     }
 }
+
+/// Imports an image `reference` made of the host's busybox-static and its applets, whose
+/// command sleeps: what the tests (and a node without any registry) can run.
+pub async fn import_busybox(rt: &DockerRuntime, reference: &str) -> Result<(), HypervisorError> {
+    let tar = busybox_rootfs_tar()?;
+    rt.import_image(reference, tar, &[r#"CMD ["sleep", "100000"]"#])
+        .await
+}
+
+/// A root file system of busybox and its applets, as a tar stream.
+fn busybox_rootfs_tar() -> Result<bytes::Bytes, HypervisorError> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        return Err(HypervisorError::BinaryMissing(
+            "/bin/busybox (apt-get install busybox-static)".to_owned(),
+        ));
+    }
+    let root = std::env::temp_dir().join(format!(
+        "vmfleet-busybox-{}-{}",
+        std::process::id(),
+        &vmfleet_core::uuid_v4()[..8]
+    ));
+    let built = (|| -> std::io::Result<Vec<u8>> {
+        for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "root"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy(busybox, root.join("bin/busybox"))?;
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+        let list = std::process::Command::new(busybox).arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let link = root.join("bin").join(applet);
+            if !applet.is_empty() && !link.exists() {
+                std::os::unix::fs::symlink("busybox", link)?;
+            }
+        }
+        let out = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["-c", "."])
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        Ok(out.stdout)
+    })();
+    let _ = std::fs::remove_dir_all(&root);
+    built
+        .map(bytes::Bytes::from)
+        .map_err(HypervisorError::io(root))
+}
