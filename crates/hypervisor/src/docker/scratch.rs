@@ -440,17 +440,6 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     output(program, args).map(|_| ())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mount(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape_mount("/plain"), "/plain");
-    }
-}
-
 /// Imports an image `reference` made of the host's busybox-static and its applets, whose
 /// command sleeps: what the tests (and a node without any registry) can run.
 pub async fn import_busybox(rt: &DockerRuntime, reference: &str) -> Result<(), HypervisorError> {
@@ -501,4 +490,15 @@ fn busybox_rootfs_tar() -> Result<bytes::Bytes, HypervisorError> {
     built
         .map(bytes::Bytes::from)
         .map_err(HypervisorError::io(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mount(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+    }
 }
