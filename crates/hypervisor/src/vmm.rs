@@ -643,6 +643,9 @@ impl Hypervisor for Vmm {
         inst.begin(VmOp::Delete)?;
         self.end_process(&inst).await?;
         self.detach_network(inst.st().ip.take());
+        // Deleted before the files go: the exit watcher, which may still be finishing, writes
+        // nothing for a deleted VM (it checks under the same lock).
+        inst.st().state = VmState::Deleted;
         let dir = self.dir(id);
         std::fs::remove_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
         self.table().remove(id);
