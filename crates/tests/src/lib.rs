@@ -242,3 +242,78 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A control plane with only `/fleet`, over a [`Recorder`] that knows `node` by `key`, on a
+/// loopback port. Returns its URL, the recorder and the namespace.
+pub async fn fleet_server(
+    key: &str,
+    node: &str,
+    period: Duration,
+) -> (
+    String,
+    std::sync::Arc<Recorder>,
+    vmfleet_server::fleet::Fleet,
+) {
+    let mut rec = Recorder::default();
+    rec.keys.insert(
+        key.into(),
+        (
+            vmfleet_core::NodeId::new(node).unwrap(),
+            format!("{node}-host"),
+        ),
+    );
+    let rec = std::sync::Arc::new(rec);
+    let state = vmfleet_server::AppState::new(vmfleet_auth::JwtKey::generate())
+        .with_fleet(rec.clone(), period);
+    let fleet = state.fleet.clone().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(vmfleet_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    (format!("http://{addr}"), rec, fleet)
+}
+
+/// The test guest as a VM to create: 1 vCPU, 256 MiB, the catalog's default images.
+pub fn test_vm(id: &str) -> vmfleet_hypervisor::CreateVm {
+    vmfleet_hypervisor::CreateVm {
+        id: vmfleet_core::VmId::new(id).unwrap(),
+        resources: vmfleet_core::VmResources {
+            vcpu_count: 1,
+            mem_size_mib: 256,
+            disk_size: 1,
+        },
+        kernel: vmfleet_core::ImageName::new("vmlinux.bin").unwrap(),
+        initrd: None,
+        rootfs: vmfleet_core::ImageName::new("rootfs.ext4").unwrap(),
+        boot_args: None,
+        labels: Default::default(),
+    }
+}
+
+impl ConsoleWatch {
+    /// Types `echo <marker>-$((40+2))` until the shell prints `<marker>-42`, up to `tries`
+    /// seconds: whether a (possibly still booting) guest's shell answers.
+    pub async fn shell_answers(&mut self, console: &Console, tries: u32) -> bool {
+        let t = token();
+        for _ in 0..tries {
+            if console
+                .write(format!("echo ans-$((40+2))-{t}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            if self
+                .collect_for(Duration::from_millis(1000))
+                .await
+                .contains(&format!("ans-42-{t}"))
+            {
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use vmfleet_agent::sio::{Incoming, SioClient, SioError};
-use vmfleet_auth::JwtKey;
 use vmfleet_core::NodeId;
-use vmfleet_server::AppState;
 use vmfleet_server::fleet::FleetError;
 use vmfleet_tests::{Recorder, wait_log};
 use vmfleet_wire::fleet::{BackendCommand, DrainNode};
@@ -20,20 +18,7 @@ use vmfleet_wire::fleet::{BackendCommand, DrainNode};
 const KEY: &str = "host-key-of-node-1";
 
 async fn server(period: Duration) -> (String, Arc<Recorder>, vmfleet_server::fleet::Fleet) {
-    let mut rec = Recorder::default();
-    rec.keys
-        .insert(KEY.into(), (NodeId::new("node-1").unwrap(), "box-1".into()));
-    let rec = Arc::new(rec);
-    let state = AppState::new(JwtKey::generate()).with_fleet(rec.clone(), period);
-    let fleet = state.fleet.clone().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(vmfleet_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    (format!("http://{addr}"), rec, fleet)
+    vmfleet_tests::fleet_server(KEY, "node-1", period).await
 }
 
 fn heartbeat(node: &str) -> Value {
@@ -54,7 +39,7 @@ async fn a_node_connects_heartbeats_and_reports() {
         panic!("no node_info");
     };
     assert_eq!(name, "node_info");
-    assert_eq!(payload, json!({"nodeId": "node-1", "name": "box-1"}));
+    assert_eq!(payload, json!({"nodeId": "node-1", "name": "node-1-host"}));
     assert!(fleet.is_connected(&node));
 
     let ack = client

@@ -8,38 +8,22 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use vmfleet_auth::JwtKey;
 use vmfleet_core::NodeId;
-use vmfleet_server::AppState;
-use vmfleet_tests::{Recorder, wait_log};
+use vmfleet_tests::wait_log;
 use vmfleet_wire::fleet::{BackendCommand, DrainNode};
 
 async fn python_agent(transport: &str) {
-    let mut rec = Recorder::default();
-    rec.keys.insert(
-        "py-key".into(),
-        (NodeId::new("node-py").unwrap(), "py".into()),
-    );
-    let rec = Arc::new(rec);
-    let state = AppState::new(JwtKey::generate()).with_fleet(rec.clone(), Duration::from_secs(5));
-    let fleet = state.fleet.clone().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(vmfleet_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let (url, rec, fleet) =
+        vmfleet_tests::fleet_server("py-key", "node-py", Duration::from_secs(5)).await;
 
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     // scripts/test.sh makes a virtual environment with python-socketio and names it here.
     let python = std::env::var("VMFLEET_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = Command::new(python)
         .arg(here.join("interop/python_agent.py"))
-        .arg(format!("http://{addr}"))
+        .arg(&url)
         .arg("py-key")
         .arg(here.join("../wire/tests/fixtures"))
         .arg(transport)

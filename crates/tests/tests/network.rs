@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmfleet_core::{ImageName, VmId, VmResources};
+use vmfleet_core::VmId;
 use vmfleet_hypervisor::net::{Ipam, NetConfig, tap_for};
 use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
 use vmfleet_hypervisor::{CreateVm, Hypervisor, Vmm};
@@ -49,19 +49,7 @@ impl Drop for Netns {
 }
 
 fn spec(id: &str) -> CreateVm {
-    CreateVm {
-        id: VmId::new(id).unwrap(),
-        resources: VmResources {
-            vcpu_count: 1,
-            mem_size_mib: 256,
-            disk_size: 1,
-        },
-        kernel: ImageName::new("vmlinux.bin").unwrap(),
-        initrd: None,
-        rootfs: ImageName::new("rootfs.ext4").unwrap(),
-        boot_args: None,
-        labels: Default::default(),
-    }
+    vmfleet_tests::test_vm(id)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use vmfleet_core::{VmId, VmResources};
 use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
 use vmfleet_hypervisor::{Backend, GuestExit, VmSpec};
-use vmfleet_tests::{ConsoleWatch, guest_catalog, token};
+use vmfleet_tests::{ConsoleWatch, guest_catalog};
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -68,19 +68,7 @@ async fn a_guest_outlives_its_killed_owner_and_is_readopted() {
     let console = guest.console();
     let mut watch = ConsoleWatch::new(&console);
     // The boot finishes (or finished while nobody listened); the shell answers us.
-    let t = token();
-    let mut answered = false;
-    for _ in 0..60 {
-        console
-            .write(format!("echo adopted-$((40+2))-{t}\n").as_bytes())
-            .await
-            .unwrap();
-        let out = watch.collect_for(Duration::from_millis(1000)).await;
-        if out.contains(&format!("adopted-42-{t}")) {
-            answered = true;
-            break;
-        }
-    }
+    let answered = watch.shell_answers(&console, 60).await;
     assert!(
         answered,
         "the adopted guest's console never answered:\n{}",

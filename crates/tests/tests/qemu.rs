@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmfleet_core::{ImageName, SnapshotId, VmId, VmResources, VmState};
+use vmfleet_core::{ImageName, SnapshotId, VmId, VmState};
 use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
 use vmfleet_hypervisor::{CreateVm, Hypervisor, HypervisorError, Vmm};
 use vmfleet_tests::{ConsoleWatch, guest_catalog, token};
@@ -33,19 +33,7 @@ fn vmm(root: &Path, accel: Accel) -> Vmm {
 }
 
 fn guest(id: &str) -> CreateVm {
-    CreateVm {
-        id: VmId::new(id).unwrap(),
-        resources: VmResources {
-            vcpu_count: 1,
-            mem_size_mib: 256,
-            disk_size: 1,
-        },
-        kernel: ImageName::new("vmlinux.bin").unwrap(),
-        initrd: None,
-        rootfs: ImageName::new("rootfs.ext4").unwrap(),
-        boot_args: None,
-        labels: Default::default(),
-    }
+    vmfleet_tests::test_vm(id)
 }
 
 /// Types `cmd` and waits for its output marker.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use vmfleet_core::{VmId, VmState};
 use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
 use vmfleet_hypervisor::{Hypervisor, ImageCatalog, Vmm};
-use vmfleet_tests::{ConsoleWatch, KillOnDrop, guest_catalog, token};
+use vmfleet_tests::{ConsoleWatch, KillOnDrop, guest_catalog};
 
 /// Boots `id` in a `vm-owner` process, kills that process, and returns QEMU's pid.
 fn boot_and_kill_owner(catalog: &Path, vms: &Path, id: &str) -> u32 {
@@ -73,22 +73,7 @@ async fn vms_are_found_again_after_the_owner_is_killed() {
     assert_eq!(st.pid, Some(alive_pid), "a second QEMU was started");
     let console = vmm.console(&survivor).await.unwrap();
     let mut watch = ConsoleWatch::new(&console);
-    let t = token();
-    let mut answered = false;
-    for _ in 0..60 {
-        console
-            .write(format!("echo back-$((20+1))-{t}\n").as_bytes())
-            .await
-            .unwrap();
-        if watch
-            .collect_for(Duration::from_millis(1000))
-            .await
-            .contains(&format!("back-21-{t}"))
-        {
-            answered = true;
-            break;
-        }
-    }
+    let answered = watch.shell_answers(&console, 60).await;
     assert!(
         answered,
         "the re-adopted guest's console never answered:\n{}",
