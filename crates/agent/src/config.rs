@@ -48,6 +48,10 @@ pub struct AgentConfig {
     #[arg(long, env = "MEMORY_OVERCOMMIT", default_value_t = 1.0)]
     pub memory_overcommit: f64,
 
+    /// The accelerator QEMU guests use: kvm, tcg, or auto (KVM when /dev/kvm opens).
+    #[arg(long, env = "VMFLEET_ACCEL", default_value = "auto")]
+    pub accel: String,
+
     /// Seconds between heartbeats (seed 001: 5).
     #[arg(long, env = "HEARTBEAT_SECS", default_value_t = 5)]
     pub heartbeat_secs: u64,

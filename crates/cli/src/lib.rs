@@ -1,6 +1,15 @@
 //! The `vmfleet` command. Each subcommand is a function over parsed arguments, so the
 //! integration tests run them in-process.
 
+/// Prints a line to stdout for the operator; a closed stdout (a pipe whose reader left) is not
+/// a reason to fail, so write errors are ignored where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod datadir;
 mod duration;
 pub mod local;
@@ -137,12 +146,13 @@ async fn run(command: Command) -> Result<(), CliError> {
             let plane = ControlPlane::start(PlaneOptions::from(&args)).await?;
             let agent = local::start(&plane, node_api_listen).await?;
             announce(&plane);
-            println!(
+            say!(
                 "local node {:?}: node API on ws://{}/ws",
-                agent.node_name, agent.node_api_addr
+                agent.node_name,
+                agent.node_api_addr
             );
             shutdown_signal().await;
-            println!("vmfleet: shutting down");
+            say!("vmfleet: shutting down");
             agent.stop().await;
             plane.stop().await
         }
@@ -150,32 +160,44 @@ async fn run(command: Command) -> Result<(), CliError> {
             let plane = ControlPlane::start(PlaneOptions::from(&args)).await?;
             announce(&plane);
             shutdown_signal().await;
-            println!("vmfleet: shutting down");
+            say!("vmfleet: shutting down");
             plane.stop().await
         }
         Command::Agent(config) => {
             for w in config.validate()? {
                 tracing::warn!("{w}");
             }
+            let accel: vmfleet_hypervisor::qemu::Accel =
+                config.accel.parse().map_err(CliError::Local)?;
+            // The node WebSocket API (seed 000), its token in NODE_TOKEN or VM_BASE_PATH/node.token.
+            let token = match std::env::var("NODE_TOKEN") {
+                Ok(t) if !t.is_empty() => t,
+                _ => DataDir::open(&config.vm_base_path)?.secret("node.token")?,
+            };
+            let (node_api, addr) =
+                local::start_node_api(&config.vm_base_path, token, config.node_ws_listen, accel)
+                    .await?;
+            say!("vmfleet agent: node API on ws://{addr}/ws");
             let upstream = agent_upstream(&config).await;
             upstream.run(shutdown_signal()).await;
-            println!("vmfleet agent: shutting down");
+            node_api.abort();
+            say!("vmfleet agent: shutting down");
             Ok(())
         }
         Command::Health { server } => {
             let client = vmfleet_client::Client::new(&server)?;
             client.health().await?;
             let pong = client.ping().await?;
-            println!("healthy ({} at {})", pong.message, pong.timestamp);
+            say!("healthy ({} at {})", pong.message, pong.timestamp);
             Ok(())
         }
     }
 }
 
 fn announce(plane: &ControlPlane) {
-    println!("vmfleet control plane listening on http://{}", plane.addr());
-    println!("dashboard: http://{}/", plane.addr());
-    println!(
+    say!("vmfleet control plane listening on http://{}", plane.addr());
+    say!("dashboard: http://{}/", plane.addr());
+    say!(
         "admin token: {}",
         plane.data_dir().admin_token_path().display()
     );

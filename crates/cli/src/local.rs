@@ -72,6 +72,48 @@ fn fill_catalog(catalog: &ImageCatalog) {
     }
 }
 
+/// The node WebSocket API of seed 000 over a QEMU `Vmm` whose files live under `base`
+/// (`images/`, filled from the guest image cache, and `instances/`). VMs a previous process
+/// left are recovered first. Returns the serving task and the bound address.
+pub async fn start_node_api(
+    base: &Path,
+    token: String,
+    listen: SocketAddr,
+    accel: Accel,
+) -> Result<(JoinHandle<()>, SocketAddr), CliError> {
+    let catalog =
+        ImageCatalog::open(base.join("images")).map_err(|e| CliError::Local(e.to_string()))?;
+    fill_catalog(&catalog);
+    let vmm = Vmm::new(
+        Arc::new(QemuBackend::new(QemuConfig {
+            accel,
+            ..QemuConfig::default()
+        })),
+        catalog,
+        base.join("instances"),
+    )
+    .map_err(|e| CliError::Local(e.to_string()))?;
+    // Guests left running by the previous start are taken back, not booted again.
+    let found = vmm.recover().await;
+    if !found.is_empty() {
+        tracing::info!(vms = found.len(), "found the VMs of the previous start");
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| CliError::Listen {
+        addr: listen,
+        source,
+    })?;
+    Ok((
+        tokio::spawn(NodeApi::new(Arc::new(vmm), token).serve(listener)),
+        addr,
+    ))
+}
+
 /// The local node: its id, and the tasks of its agent.
 pub struct LocalAgent {
     pub node_name: String,
@@ -116,35 +158,9 @@ pub async fn start(
     };
 
     let base = dir.root().join("vms");
-    let catalog =
-        ImageCatalog::open(base.join("images")).map_err(|e| CliError::Local(e.to_string()))?;
-    fill_catalog(&catalog);
-    let vmm = Vmm::new(
-        Arc::new(QemuBackend::new(QemuConfig {
-            accel: Accel::Auto,
-            ..QemuConfig::default()
-        })),
-        catalog,
-        base.join("instances"),
-    )
-    .map_err(|e| CliError::Local(e.to_string()))?;
-    // Guests left running by the previous start are taken back, not booted again.
-    let found = vmm.recover().await;
-    if !found.is_empty() {
-        tracing::info!(vms = found.len(), "found the VMs of the previous start");
-    }
     let token = dir.secret(NODE_TOKEN)?;
-    let listener = tokio::net::TcpListener::bind(node_api_listen)
-        .await
-        .map_err(|source| CliError::Listen {
-            addr: node_api_listen,
-            source,
-        })?;
-    let node_api_addr = listener.local_addr().map_err(|source| CliError::Listen {
-        addr: node_api_listen,
-        source,
-    })?;
-    let node_api = tokio::spawn(NodeApi::new(Arc::new(vmm), token).serve(listener));
+    let (node_api, node_api_addr) =
+        start_node_api(&base, token, node_api_listen, Accel::Auto).await?;
 
     let docker = DockerRuntime::new(DockerConfig::default());
     let containers = match docker.ping().await {

@@ -145,3 +145,88 @@ fn agent_refuses_to_start_without_a_host_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HOST_API_KEY is not set"));
 }
+
+/// `vmfleet agent` as an operator runs it on a node: it serves the node API, connects to the
+/// control plane with its host key, shows up ONLINE, and exits 0 on SIGTERM.
+#[test]
+fn the_agent_binary_joins_a_control_plane() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
+    let (plane, admin, created) = rt.block_on(async {
+        let plane = vmfleet_cli::ControlPlane::start(vmfleet_cli::PlaneOptions {
+            data_dir: dir.path().join("cp"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token_ttl: Duration::from_secs(600),
+            database: None,
+        })
+        .await
+        .unwrap();
+        let admin = std::fs::read_to_string(plane.data_dir().admin_token_path()).unwrap();
+        let created: vmfleet_wire::api::CreateNodeResponse = reqwest::Client::new()
+            .post(format!("http://{}/nodes", plane.addr()))
+            .bearer_auth(admin.trim())
+            .json(&serde_json::json!({"name": "edge-1"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (plane, admin, created)
+    });
+    let mut child = Command::new(vmfleet_bin())
+        .arg("agent")
+        .env("API_URL", format!("http://{}", plane.addr()))
+        .env("HOST_API_KEY", &created.host_api_key)
+        .env("VM_BASE_PATH", dir.path().join("node"))
+        .env("NODE_WS_LISTEN", "127.0.0.1:0")
+        .env("DOCKER_SOCKET", dir.path().join("no-docker.sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.starts_with("vmfleet agent: node API on ws://127.0.0.1:"),
+        "{first}"
+    );
+    assert!(dir.path().join("node/node.token").is_file());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes: Vec<vmfleet_wire::api::NodeView> = rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("http://{}/nodes", plane.addr()))
+                .bearer_auth(admin.trim())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        if nodes[0].status == vmfleet_wire::api::NodeState::Online && nodes[0].metrics.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never came online: {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    rt.block_on(plane.stop()).unwrap();
+}
