@@ -37,6 +37,8 @@ pub struct AgentState {
     draining: AtomicBool,
     sampler: Mutex<HostSampler>,
     overcommit: Overcommit,
+    /// Events to deliver when the control plane can hear them (sent with the next heartbeat).
+    outbox: Mutex<Vec<AgentEvent>>,
 }
 
 impl AgentState {
@@ -102,6 +104,7 @@ impl Upstream {
                 draining: AtomicBool::new(false),
                 sampler: Mutex::new(sampler),
                 overcommit: Overcommit::default(),
+                outbox: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -122,6 +125,12 @@ impl Upstream {
     /// Connects and reconnects until `stop` completes.
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        // Rentals end on time whether or not the control plane is reachable.
+        let sweeper = self
+            .containers
+            .clone()
+            .map(|docker| tokio::spawn(expiry_sweep(docker, self.state.clone())));
+        let _sweeper = AbortOnDrop(sweeper);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         loop {
             let attempt = async {
@@ -394,17 +403,87 @@ impl Upstream {
     }
 }
 
-/// Emits an agent event and waits for the control plane's acknowledgement.
-async fn emit(client: &SioClient, ev: &AgentEvent) {
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Every second, stops the rentals whose time is up (graceful, then forced) and queues their
+/// `instance_stopped` with reason `timeout` for the control plane.
+async fn expiry_sweep(docker: DockerRuntime, state: Arc<AgentState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = vmfleet_core::Timestamp::now().unix_seconds();
+        let Ok(list) = docker.list().await else {
+            continue;
+        };
+        for c in list {
+            let (Some(rental_id), Some(at)) = (c.rental_id.clone(), c.expires_at) else {
+                continue;
+            };
+            if at > now || c.state != ContainerState::Running {
+                continue;
+            }
+            tracing::info!(rental = %rental_id, "the rental's time is up: stopping it");
+            let req = StopInstance {
+                rental_id: rental_id.clone(),
+                container_id: c.id.clone(),
+                graceful: true,
+                timeout_seconds: 10,
+            };
+            let error_message = docker.stop(&req).await.err().map(|e| e.to_string());
+            state.outbox.lock().unwrap_or_else(|p| p.into_inner()).push(
+                AgentEvent::InstanceStopped(InstanceStopped {
+                    rental_id,
+                    container_id: c.id,
+                    reason: StopReason::Timeout,
+                    error_message,
+                }),
+            );
+        }
+    }
+}
+
+/// Emits an agent event and waits for the control plane's acknowledgement; false when it was
+/// not acknowledged (the connection is gone or the control plane did not answer).
+async fn emit(client: &SioClient, ev: &AgentEvent) -> bool {
     match client
         .emit_with_ack(ev.name(), &ev.payload(), Duration::from_secs(10))
         .await
     {
-        Ok(reply) if reply.get("success") == Some(&json!(true)) => {}
+        Ok(reply) if reply.get("success") == Some(&json!(true)) => true,
         Ok(reply) => {
-            tracing::warn!(event = ev.name(), %reply, "the control plane refused an event")
+            tracing::warn!(event = ev.name(), %reply, "the control plane refused an event");
+            true
         }
-        Err(e) => tracing::warn!(event = ev.name(), error = %e, "an event was not acknowledged"),
+        Err(e) => {
+            tracing::warn!(event = ev.name(), error = %e, "an event was not acknowledged");
+            false
+        }
+    }
+}
+
+/// Delivers the queued events, keeping those the control plane did not acknowledge.
+async fn flush_outbox(client: &SioClient, state: &AgentState) {
+    let pending: Vec<AgentEvent> =
+        std::mem::take(&mut *state.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut undelivered = Vec::new();
+    for ev in pending {
+        if !undelivered.is_empty() || !emit(client, &ev).await {
+            undelivered.push(ev);
+        }
+    }
+    if !undelivered.is_empty() {
+        let mut outbox = state.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        undelivered.append(&mut outbox);
+        *outbox = undelivered;
     }
 }
 
@@ -446,6 +525,7 @@ async fn heartbeats(
             metrics,
         });
         emit(&client, &hb).await;
+        flush_outbox(&client, &state).await;
     }
 }
 

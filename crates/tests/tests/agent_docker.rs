@@ -147,6 +147,56 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
     assert_eq!(stopped_ev["reason"], "requested");
     assert!(docker.list().await.unwrap().is_empty());
 
+    // A rental with an end: the agent stops it on time and says why.
+    let now = vmfleet_core::Timestamp::now().unix_seconds();
+    let mut timed = start.clone();
+    timed["rentalId"] = json!("r-exp");
+    timed["expiresAt"] = json!(now + 2);
+    let cmd = BackendCommand::decode("start_instance", &timed).unwrap();
+    fleet
+        .send(&node, &cmd, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r_exp = vmfleet_core::RentalId::new("r-exp").unwrap();
+    let ended = wait_audit(&plane, &r_exp, "instance_stopped").await;
+    assert_eq!(ended["reason"], "timeout", "{ended}");
+
+    // Also while the control plane is away: reported when it is back.
+    let mut away = start.clone();
+    away["rentalId"] = json!("r-away");
+    away["expiresAt"] = json!(vmfleet_core::Timestamp::now().unix_seconds() + 2);
+    let cmd = BackendCommand::decode("start_instance", &away).unwrap();
+    fleet
+        .send(&node, &cmd, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let addr = plane.addr();
+    plane.stop().await.unwrap();
+    // The image's `sleep` ignores SIGTERM: the graceful stop waits its 10 s, then kills.
+    let mut gone = false;
+    for _ in 0..40 {
+        if docker.list().await.unwrap().is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        gone,
+        "the expired rental still runs while the control plane is away"
+    );
+    let plane = ControlPlane::start(PlaneOptions {
+        data_dir: dir.path().join("data"),
+        listen: addr,
+        token_ttl: Duration::from_secs(600),
+        database: None,
+    })
+    .await
+    .unwrap();
+    let r_away = vmfleet_core::RentalId::new("r-away").unwrap();
+    let ended = wait_audit(&plane, &r_away, "instance_stopped").await;
+    assert_eq!(ended["reason"], "timeout", "{ended}");
+
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(5), agent)
         .await

@@ -124,6 +124,10 @@ pub struct StartInstance {
     /// Container port -> public port on the node's proxy.
     #[serde(default)]
     pub proxy_port_mapping: BTreeMap<u16, u16>,
+    /// vmfleet's addition: when the rental ends (unix seconds). The agent itself stops the
+    /// container then and reports `instance_stopped` with reason `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

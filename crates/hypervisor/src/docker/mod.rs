@@ -859,6 +859,7 @@ mod tests {
             cmd: None,
             tty: false,
             open_stdin: false,
+            expires_at: None,
         };
         let e = start_refused(
             &spec,

@@ -12,6 +12,8 @@ use crate::HypervisorError;
 
 /// The label that marks a container as vmfleet's; its value is the rental id.
 pub const RENTAL_LABEL: &str = "vmfleet.rental";
+/// The label holding when the rental ends (unix seconds).
+pub const EXPIRES_LABEL: &str = "vmfleet.expires_at";
 
 /// A container's name is this prefix and the rental id, so a rental has at most one.
 pub const NAME_PREFIX: &str = "vmfleet-";
@@ -42,6 +44,8 @@ pub struct ContainerSpec {
     pub tty: bool,
     /// Keeps the container's stdin open so the console can write to it.
     pub open_stdin: bool,
+    /// When the rental ends (unix seconds), kept as a label so it survives agent restarts.
+    pub expires_at: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -61,6 +65,7 @@ impl ContainerSpec {
             cmd: None,
             tty: false,
             open_stdin: false,
+            expires_at: req.expires_at,
         }
     }
 
@@ -187,7 +192,13 @@ impl ContainerSpec {
             image: self.image.as_str().to_owned(),
             cmd: self.cmd.clone(),
             env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            labels: BTreeMap::from([(RENTAL_LABEL.to_owned(), self.rental_id.to_string())]),
+            labels: {
+                let mut l = BTreeMap::from([(RENTAL_LABEL.to_owned(), self.rental_id.to_string())]);
+                if let Some(at) = self.expires_at {
+                    l.insert(EXPIRES_LABEL.to_owned(), at.to_string());
+                }
+                l
+            },
             exposed_ports: exposed,
             tty: self.tty,
             open_stdin: self.open_stdin,
@@ -262,6 +273,8 @@ pub struct ContainerInfo {
     pub nano_cpus: i64,
     /// `HostConfig.Memory` in bytes (0: no limit).
     pub memory_bytes: i64,
+    /// When the rental ends (unix seconds), from the `vmfleet.expires_at` label.
+    pub expires_at: Option<i64>,
 }
 
 impl ContainerInfo {
@@ -274,6 +287,7 @@ impl ContainerInfo {
         let rental_id = labels
             .get(RENTAL_LABEL)
             .and_then(|r| RentalId::new(r.as_str()).ok());
+        let expires_at = labels.get(EXPIRES_LABEL).and_then(|a| a.parse().ok());
         let bound = i.network_settings.ports.map(|p| host_ports(&p));
         let ports = match bound {
             Some(p) if !p.is_empty() => p,
@@ -296,6 +310,7 @@ impl ContainerInfo {
             open_stdin: i.config.open_stdin,
             nano_cpus: i.host_config.nano_cpus,
             memory_bytes: i.host_config.memory,
+            expires_at,
         })
     }
 
