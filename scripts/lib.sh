@@ -52,3 +52,12 @@ ensure_python_socketio() {
     fi
     echo "$PWD/$venv/bin/python"
 }
+
+# socket.io-client for Node.js (pinned by crates/tests/interop/package-lock.json), for the
+# interoperability tests.
+ensure_node_socketio() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+    if [ ! -d crates/tests/interop/node_modules/socket.io-client ]; then
+        (cd crates/tests/interop && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
+}

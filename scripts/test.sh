@@ -29,5 +29,7 @@ export VMFLEET_TEST_POSTGRES_URL
 # The official python-socketio client, for the /fleet interoperability tests.
 VMFLEET_PYTHON="$(ensure_python_socketio)"
 export VMFLEET_PYTHON
+# ... and socket.io-client for Node.js.
+ensure_node_socketio
 echo "== cargo test"
 cargo test --workspace --locked

@@ -1,7 +1,8 @@
-//! Interoperability of `/fleet` with the official Socket.IO clients: a host agent written with
-//! python-socketio (seed 001's own example language) connects with its Bearer key over both
-//! transports, emits every agent event and gets `{ "success": true }` acks, and answers every
-//! command the control plane sends.
+//! Interoperability of `/fleet` with the official Socket.IO clients: host agents written with
+//! python-socketio (seed 001's Python example) and with socket.io-client for Node.js (its
+//! JavaScript example, as written) connect with their Bearer key over both transports, emit
+//! every agent event and get `{ "success": true }` acks, and answer every command the control
+//! plane sends.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,22 +15,47 @@ use vmfleet_core::NodeId;
 use vmfleet_tests::wait_log;
 use vmfleet_wire::fleet::{BackendCommand, DrainNode};
 
+/// Which official client plays the agent.
+#[derive(Clone, Copy)]
+enum Client {
+    Python,
+    Node,
+}
+
 async fn python_agent(transport: &str) {
+    official_agent(Client::Python, transport).await;
+}
+
+async fn official_agent(client: Client, transport: &str) {
     let (url, rec, fleet) =
         vmfleet_tests::fleet_server("py-key", "node-py", Duration::from_secs(5)).await;
 
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // scripts/test.sh makes a virtual environment with python-socketio and names it here.
-    let python = std::env::var("VMFLEET_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut child = Command::new(python)
-        .arg(here.join("interop/python_agent.py"))
+    let mut cmd = match client {
+        Client::Python => {
+            // scripts/test.sh makes a virtual environment with python-socketio and names it.
+            let python = std::env::var("VMFLEET_PYTHON").unwrap_or_else(|_| "python3".into());
+            let mut c = Command::new(python);
+            c.arg(here.join("interop/python_agent.py"));
+            c
+        }
+        Client::Node => {
+            // scripts/test.sh runs `npm ci` in crates/tests/interop.
+            let mut c = Command::new("node");
+            c.arg(here.join("interop/node_agent.mjs"));
+            c
+        }
+    };
+    let mut child = cmd
         .arg(&url)
         .arg("py-key")
         .arg(here.join("../wire/tests/fixtures"))
         .arg(transport)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("python3 with python-socketio (scripts/test.sh installs it)");
+        .expect(
+            "the official client (scripts/test.sh installs python-socketio and socket.io-client)",
+        );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -53,10 +79,12 @@ async fn python_agent(transport: &str) {
     }
     assert_eq!(lines[0], "connected node-py", "{lines:?}");
     for ev in ["heartbeat", "instance_started", "instance_stopped"] {
-        assert!(
-            lines.contains(&format!("{ev} {{\"success\": true}}")),
-            "{ev} not acknowledged: {lines:?}"
-        );
+        let acked = lines.iter().any(|l| {
+            l.strip_prefix(&format!("{ev} "))
+                .and_then(|ack| serde_json::from_str::<serde_json::Value>(ack).ok())
+                == Some(serde_json::json!({"success": true}))
+        });
+        assert!(acked, "{ev} not acknowledged: {lines:?}");
     }
     wait_log(&rec, "heartbeat node-py Online").await;
     wait_log(&rec, "started node-py uuid").await;
@@ -104,4 +132,14 @@ async fn python_socketio_agent_over_websocket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_socketio_agent_over_long_polling() {
     python_agent("polling").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_socket_io_client_agent_over_websocket() {
+    official_agent(Client::Node, "websocket").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_socket_io_client_agent_over_long_polling() {
+    official_agent(Client::Node, "polling").await;
 }
