@@ -76,6 +76,20 @@ pub(crate) fn str_field<'a>(
 }
 
 /// Finds `name` in a closed list of message types, giving back the list's `'static` name.
-pub(crate) fn known(name: &str, list: &[&'static str]) -> Option<&'static str> {
+fn known(name: &str, list: &[&'static str]) -> Option<&'static str> {
     list.iter().copied().find(|k| *k == name)
+}
+
+/// Names the message type `ty` for a decoder that accepts `accepted`: its `'static` name, or
+/// `WrongDirection` when it is one of `other_side`'s, or `UnknownType`.
+pub(crate) fn classify(
+    ty: &str,
+    accepted: &[&'static str],
+    other_side: &[&'static str],
+) -> Result<&'static str, DecodeError> {
+    match (known(ty, accepted), known(ty, other_side)) {
+        (Some(kind), _) => Ok(kind),
+        (None, Some(other)) => Err(DecodeError::WrongDirection(other)),
+        (None, None) => Err(DecodeError::UnknownType(ty.to_owned())),
+    }
 }

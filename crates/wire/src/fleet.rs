@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vmfleet_core::{ByteSize, ContainerId, GpuIndex, ImageRef, NodeId, RentalId};
 
-use crate::error::{DecodeError, from_value, known};
+use crate::error::{DecodeError, classify, from_value};
 
 /// The namespace agents connect to.
 pub const NAMESPACE: &str = "/fleet";
@@ -254,16 +254,10 @@ impl AgentEvent {
     }
 
     pub fn decode(name: &str, payload: &Value) -> Result<Self, DecodeError> {
-        match known(name, &Self::NAMES) {
-            Some(kind @ "heartbeat") => from_value(kind, payload).map(AgentEvent::Heartbeat),
-            Some(kind @ "instance_started") => {
-                from_value(kind, payload).map(AgentEvent::InstanceStarted)
-            }
-            Some(kind) => from_value(kind, payload).map(AgentEvent::InstanceStopped),
-            None => Err(match known(name, &BackendCommand::NAMES) {
-                Some(cmd) => DecodeError::WrongDirection(cmd),
-                None => DecodeError::UnknownType(name.to_owned()),
-            }),
+        match classify(name, &Self::NAMES, &BackendCommand::NAMES)? {
+            kind @ "heartbeat" => from_value(kind, payload).map(AgentEvent::Heartbeat),
+            kind @ "instance_started" => from_value(kind, payload).map(AgentEvent::InstanceStarted),
+            kind => from_value(kind, payload).map(AgentEvent::InstanceStopped),
         }
     }
 }
@@ -297,19 +291,11 @@ impl BackendCommand {
     }
 
     pub fn decode(name: &str, payload: &Value) -> Result<Self, DecodeError> {
-        match known(name, &Self::NAMES) {
-            Some(kind @ "start_instance") => {
-                from_value(kind, payload).map(BackendCommand::StartInstance)
-            }
-            Some(kind @ "stop_instance") => {
-                from_value(kind, payload).map(BackendCommand::StopInstance)
-            }
-            Some(kind @ "drain_node") => from_value(kind, payload).map(BackendCommand::DrainNode),
-            Some(kind) => from_value(kind, payload).map(BackendCommand::UndrainNode),
-            None => Err(match known(name, &AgentEvent::NAMES) {
-                Some(ev) => DecodeError::WrongDirection(ev),
-                None => DecodeError::UnknownType(name.to_owned()),
-            }),
+        match classify(name, &Self::NAMES, &AgentEvent::NAMES)? {
+            kind @ "start_instance" => from_value(kind, payload).map(BackendCommand::StartInstance),
+            kind @ "stop_instance" => from_value(kind, payload).map(BackendCommand::StopInstance),
+            kind @ "drain_node" => from_value(kind, payload).map(BackendCommand::DrainNode),
+            kind => from_value(kind, payload).map(BackendCommand::UndrainNode),
         }
     }
 }

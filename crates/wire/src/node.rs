@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use vmfleet_core::{BuyerId, JobId, VmId, VmState};
 
-use crate::error::{DecodeError, from_value, known, parse_object, str_field};
+use crate::error::{DecodeError, classify, from_value, parse_object, str_field};
 
 /// A request from a local client to the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,15 +110,7 @@ impl NodeRequest {
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         let obj = parse_object(text)?;
         let ty = str_field(&obj, "type")?;
-        let kind = match known(ty, &Self::TYPES) {
-            Some(kind) => kind,
-            None => {
-                return match known(ty, &NodeReply::TYPES) {
-                    Some(reply) => Err(DecodeError::WrongDirection(reply)),
-                    None => Err(DecodeError::UnknownType(ty.to_owned())),
-                };
-            }
-        };
+        let kind = classify(ty, &Self::TYPES, &NodeReply::TYPES)?;
         from_value(kind, &serde_json::Value::Object(obj))
     }
 }
@@ -137,15 +129,7 @@ impl NodeReply {
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         let obj = parse_object(text)?;
         let ty = str_field(&obj, "type")?;
-        let kind = match known(ty, &Self::TYPES) {
-            Some(kind) => kind,
-            None => {
-                return match known(ty, &NodeRequest::TYPES) {
-                    Some(req) => Err(DecodeError::WrongDirection(req)),
-                    None => Err(DecodeError::UnknownType(ty.to_owned())),
-                };
-            }
-        };
+        let kind = classify(ty, &Self::TYPES, &NodeRequest::TYPES)?;
         from_value(kind, &serde_json::Value::Object(obj))
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use vmfleet_core::{RequestId, Timestamp, VmName, VmState};
 
-use crate::error::{DecodeError, from_value, known, parse_object, str_field};
+use crate::error::{DecodeError, classify, from_value, parse_object, str_field};
 
 /// One frame of the WebSocket API.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,11 +296,7 @@ impl WsMessage {
     fn decode_allowing(text: &str, allowed: &[&'static str]) -> Result<Self, DecodeError> {
         let obj = parse_object(text)?;
         let ty = str_field(&obj, "type")?;
-        let kind = match (known(ty, allowed), known(ty, &WsBody::TYPES)) {
-            (Some(kind), _) => kind,
-            (None, Some(other)) => return Err(DecodeError::WrongDirection(other)),
-            (None, None) => return Err(DecodeError::UnknownType(ty.to_owned())),
-        };
+        let kind = classify(ty, allowed, &WsBody::TYPES)?;
         let ts = str_field(&obj, "timestamp")?;
         let timestamp = Timestamp::parse(ts).map_err(|e| DecodeError::Invalid {
             kind,
