@@ -317,3 +317,34 @@ impl ConsoleWatch {
         false
     }
 }
+
+/// `POST /nodes` as the admin: registers node `name` and returns its id and host key.
+pub async fn register_node(
+    base: &str,
+    admin: &str,
+    name: &str,
+) -> vmfleet_wire::api::CreateNodeResponse {
+    reqwest::Client::new()
+        .post(format!("{base}/nodes"))
+        .bearer_auth(admin.trim())
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `GET /nodes` as the admin.
+pub async fn list_nodes(base: &str, admin: &str) -> Vec<vmfleet_wire::api::NodeView> {
+    reqwest::Client::new()
+        .get(format!("{base}/nodes"))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -314,16 +314,7 @@ async fn an_admin_drains_undrains_and_removes_a_node_with_a_live_agent() {
     let admin = std::fs::read_to_string(plane.data_dir().admin_token_path()).unwrap();
     let admin = admin.trim();
     let http = reqwest::Client::new();
-    let created: vmfleet_wire::api::CreateNodeResponse = http
-        .post(format!("{base}/nodes"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"name": "box-d"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = vmfleet_tests::register_node(&base, admin, "box-d").await;
     let upstream = vmfleet_agent::upstream::Upstream::new(
         base.clone(),
         created.host_api_key.clone(),
@@ -341,26 +332,15 @@ async fn an_admin_drains_undrains_and_removes_a_node_with_a_live_agent() {
             .await;
     });
     let node_url = format!("{base}/nodes/{}", created.node_id);
-    let status = |http: reqwest::Client, base: String| async move {
-        let nodes: Vec<vmfleet_wire::api::NodeView> = http
-            .get(format!("{base}/nodes"))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        nodes[0].status
-    };
+    let status = async || vmfleet_tests::list_nodes(&base, admin).await[0].status;
     use vmfleet_wire::api::NodeState;
     for _ in 0..100 {
-        if status(http.clone(), base.clone()).await == NodeState::Online {
+        if status().await == NodeState::Online {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(status(http.clone(), base.clone()).await, NodeState::Online);
+    assert_eq!(status().await, NodeState::Online);
 
     let drained: vmfleet_wire::api::NodeView = http
         .post(format!("{node_url}/drain"))
@@ -375,10 +355,7 @@ async fn an_admin_drains_undrains_and_removes_a_node_with_a_live_agent() {
     assert!(agent_state.is_draining(), "the agent was not told");
     // Heartbeats keep it in maintenance.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        status(http.clone(), base.clone()).await,
-        NodeState::Maintenance
-    );
+    assert_eq!(status().await, NodeState::Maintenance);
 
     let undrained: vmfleet_wire::api::NodeView = http
         .post(format!("{node_url}/undrain"))
