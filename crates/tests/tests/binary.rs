@@ -46,6 +46,8 @@ fn help_lists_the_subcommands() {
 #[test]
 fn up_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    // Should an assertion fail before the SIGTERM, no `vmfleet up` outlives the test.
+    let _leftovers = vmfleet_tests::KillOnDrop(dir.path().to_owned());
     let data = dir.path().join("data");
     let mut child = Command::new(vmfleet_bin())
         .args([

@@ -432,3 +432,22 @@ async fn bad_input_names_the_cause() {
     vmm.add_disk(&id, 1, false).await.unwrap();
     vmm.delete(&id).await.unwrap();
 }
+
+/// `auto` boots a guest whatever the host: with KVM where KVM runs guests, with TCG where it
+/// does not (here, a nested host: /dev/kvm opens, QEMU cannot run a guest with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_accel_boots_a_guest_on_any_host() {
+    let _slot = GUESTS.acquire().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
+    let vmm = vmm(dir.path(), Accel::Auto);
+    let id = VmId::new("vm-auto").unwrap();
+    vmm.create(guest("vm-auto")).await.unwrap();
+    let booted = vmm.boot(&id).await;
+    let st = booted.unwrap_or_else(|e| panic!("auto did not boot: {e}"));
+    assert_eq!(st.state, VmState::Running);
+    let mut watch = ConsoleWatch::new(&vmm.console(&id).await.unwrap());
+    watch.wait_for(READY, BOOT).await;
+    vmm.force_stop(&id).await.unwrap();
+    vmm.delete(&id).await.unwrap();
+}

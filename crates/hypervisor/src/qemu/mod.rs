@@ -77,6 +77,9 @@ impl Default for QemuConfig {
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
     config: QemuConfig,
+    /// Set when `auto` found that KVM opens but cannot run guests here (a nested host):
+    /// later launches go straight to TCG.
+    kvm_broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn proto(message: impl Into<String>) -> HypervisorError {
@@ -91,12 +94,16 @@ const KVM: &str = "/dev/kvm";
 
 impl QemuBackend {
     pub fn new(config: QemuConfig) -> Self {
-        QemuBackend { config }
+        QemuBackend {
+            config,
+            kvm_broken: Arc::default(),
+        }
     }
 
     /// The accelerator a launch will use.
     pub fn effective_accel(&self) -> Accel {
         match self.config.accel {
+            Accel::Auto if self.kvm_broken.load(std::sync::atomic::Ordering::Relaxed) => Accel::Tcg,
             Accel::Auto if proc::check_kvm(Path::new(KVM)).is_ok() => Accel::Kvm,
             Accel::Auto => Accel::Tcg,
             a => a,
@@ -105,7 +112,17 @@ impl QemuBackend {
 
     /// The full QEMU command line for `spec`, files under `dir`.
     pub fn command_line(&self, spec: &VmSpec, dir: &Path, how: &Launch) -> Vec<String> {
-        let (accel, cpu) = match self.effective_accel() {
+        self.command_line_with(spec, dir, how, self.effective_accel())
+    }
+
+    fn command_line_with(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        how: &Launch,
+        accel: Accel,
+    ) -> Vec<String> {
+        let (accel, cpu) = match accel {
             Accel::Kvm => ("kvm", "host"),
             _ => ("tcg", "max"),
         };
@@ -320,6 +337,35 @@ impl Backend for QemuBackend {
         how: Launch,
     ) -> Result<Box<dyn Guest>, HypervisorError> {
         self.preflight().await?;
+        let accel = self.effective_accel();
+        match self.launch_with(spec, dir, how.clone(), accel).await {
+            // `auto` means KVM when KVM works: on a host where /dev/kvm opens but QEMU cannot
+            // run a guest with it (nested virtualisation), fall back to TCG, once for good.
+            Err(HypervisorError::GuestFailed(why))
+                if self.config.accel == Accel::Auto && accel == Accel::Kvm =>
+            {
+                tracing::warn!(reason = %why, "KVM cannot run guests on this host; using TCG");
+                self.kvm_broken
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.launch_with(spec, dir, how, Accel::Tcg).await
+            }
+            other => other,
+        }
+    }
+
+    async fn adopt(&self, spec: &VmSpec, dir: &Path) -> Result<Box<dyn Guest>, HypervisorError> {
+        self.adopt_pid(spec, dir).await
+    }
+}
+
+impl QemuBackend {
+    async fn launch_with(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        how: Launch,
+        accel: Accel,
+    ) -> Result<Box<dyn Guest>, HypervisorError> {
         for stale in ["console.sock", "qmp.sock", "qemu.pid"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
@@ -334,7 +380,7 @@ impl Backend for QemuBackend {
             }
             None => tokio::process::Command::new(&self.config.binary),
         };
-        cmd.args(self.command_line(spec, dir, &how))
+        cmd.args(self.command_line_with(spec, dir, &how, accel))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -363,7 +409,11 @@ impl Backend for QemuBackend {
         Ok(Box::new(guest))
     }
 
-    async fn adopt(&self, spec: &VmSpec, dir: &Path) -> Result<Box<dyn Guest>, HypervisorError> {
+    async fn adopt_pid(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+    ) -> Result<Box<dyn Guest>, HypervisorError> {
         let pid_path = dir.join("qemu.pid");
         let pid: u32 = std::fs::read_to_string(&pid_path)
             .map_err(HypervisorError::io(&pid_path))?
