@@ -446,6 +446,42 @@ impl Vmm {
     }
 }
 
+impl Vmm {
+    /// Boot or start: a launch of the guest process from its disks.
+    async fn cold_boot(&self, id: &VmId, op: VmOp) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(op)?;
+        // A host that cannot run the backend runs nothing: the VM stays as it was.
+        self.backend.preflight().await?;
+        self.set_state(&inst, t.during, None);
+        self.launch(&inst, Launch::Boot).await
+    }
+
+    /// An operation on the running guest process that leaves it running: pause, resume,
+    /// reboot, power button. The power button returns the in-flight state (`stopping`): the
+    /// guest decides when it is off.
+    async fn drive(&self, id: &VmId, op: VmOp) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(op)?;
+        let guest = self.running_guest(&inst)?;
+        let state = match op {
+            VmOp::Pause => guest.pause().await.map(|()| t.after),
+            VmOp::Resume => guest.resume().await.map(|()| t.after),
+            VmOp::Reboot => {
+                guest.reboot().await?;
+                inst.st().booted_at = Some(SystemTime::now());
+                Ok(t.after)
+            }
+            VmOp::PowerButton => guest.power_button().await.map(|()| t.during),
+            other => Err(HypervisorError::Unsupported {
+                backend: self.backend.kind().as_str(),
+                op: other.as_str(),
+            }),
+        }?;
+        Ok(self.set_state(&inst, state, None))
+    }
+}
+
 impl Instance {
     fn st(&self) -> std::sync::MutexGuard<'_, InstState> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
@@ -558,21 +594,11 @@ impl Hypervisor for Vmm {
     }
 
     async fn boot(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
-        let (inst, _op) = self.lock(id)?;
-        let t = inst.begin(VmOp::Boot)?;
-        // A host that cannot run the backend runs nothing: the VM stays as it was.
-        self.backend.preflight().await?;
-        self.set_state(&inst, t.during, None);
-        self.launch(&inst, Launch::Boot).await
+        self.cold_boot(id, VmOp::Boot).await
     }
 
     async fn start(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
-        let (inst, _op) = self.lock(id)?;
-        let t = inst.begin(VmOp::Start)?;
-        // A host that cannot run the backend runs nothing: the VM stays as it was.
-        self.backend.preflight().await?;
-        self.set_state(&inst, t.during, None);
-        self.launch(&inst, Launch::Boot).await
+        self.cold_boot(id, VmOp::Start).await
     }
 
     async fn stop(&self, id: &VmId, timeout: Duration) -> Result<VmStatus, HypervisorError> {
@@ -610,32 +636,19 @@ impl Hypervisor for Vmm {
     }
 
     async fn pause(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
-        let (inst, _op) = self.lock(id)?;
-        let t = inst.begin(VmOp::Pause)?;
-        self.running_guest(&inst)?.pause().await?;
-        Ok(self.set_state(&inst, t.after, None))
+        self.drive(id, VmOp::Pause).await
     }
 
     async fn resume(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
-        let (inst, _op) = self.lock(id)?;
-        let t = inst.begin(VmOp::Resume)?;
-        self.running_guest(&inst)?.resume().await?;
-        Ok(self.set_state(&inst, t.after, None))
+        self.drive(id, VmOp::Resume).await
     }
 
     async fn reboot(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
-        let (inst, _op) = self.lock(id)?;
-        let t = inst.begin(VmOp::Reboot)?;
-        self.running_guest(&inst)?.reboot().await?;
-        inst.st().booted_at = Some(SystemTime::now());
-        Ok(self.set_state(&inst, t.after, None))
+        self.drive(id, VmOp::Reboot).await
     }
 
     async fn power_button(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
-        let (inst, _op) = self.lock(id)?;
-        let t = inst.begin(VmOp::PowerButton)?;
-        self.running_guest(&inst)?.power_button().await?;
-        Ok(self.set_state(&inst, t.during, None))
+        self.drive(id, VmOp::PowerButton).await
     }
 
     async fn delete(&self, id: &VmId) -> Result<(), HypervisorError> {

@@ -62,6 +62,19 @@ fn node_id(raw: &str) -> Result<NodeId, ApiError> {
 /// How long a node has to acknowledge a drain or undrain.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sends `cmd` to the node's agent if it is connected (a refusal or silence is 409); returns
+/// whether it was connected.
+async fn tell_agent(state: &AppState, id: &NodeId, cmd: &BackendCommand) -> Result<bool, ApiError> {
+    let Some(fleet) = state.fleet.as_ref().filter(|f| f.is_connected(id)) else {
+        return Ok(false);
+    };
+    fleet
+        .send(id, cmd, COMMAND_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    Ok(true)
+}
+
 /// `POST /nodes/{id}/drain`: the node takes no new work (`MAINTENANCE`); what it runs goes on.
 /// A connected agent is told at once (`drain_node`); a disconnected one stays in maintenance
 /// when it returns.
@@ -74,16 +87,11 @@ pub(crate) async fn drain(
     let store = store(&state)?;
     store.get_node(&id).await?;
     store.set_node_status(&id, NodeStatus::Maintenance).await?;
-    if let Some(fleet) = state.fleet.as_ref().filter(|f| f.is_connected(&id)) {
-        let cmd = BackendCommand::DrainNode(DrainNode {
-            node_id: id.clone(),
-            reason: "drained by an operator".into(),
-        });
-        fleet
-            .send(&id, &cmd, COMMAND_TIMEOUT)
-            .await
-            .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    }
+    let cmd = BackendCommand::DrainNode(DrainNode {
+        node_id: id.clone(),
+        reason: "drained by an operator".into(),
+    });
+    tell_agent(&state, &id, &cmd).await?;
     Ok(Json(view(store.get_node(&id).await?)))
 }
 
@@ -96,17 +104,10 @@ pub(crate) async fn undrain(
     let id = node_id(&id)?;
     let store = store(&state)?;
     store.get_node(&id).await?;
-    let connected = state.fleet.as_ref().filter(|f| f.is_connected(&id));
-    if let Some(fleet) = connected {
-        let cmd = BackendCommand::UndrainNode(UndrainNode {
-            node_id: id.clone(),
-        });
-        fleet
-            .send(&id, &cmd, COMMAND_TIMEOUT)
-            .await
-            .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    }
-    let status = if connected.is_some() {
+    let cmd = BackendCommand::UndrainNode(UndrainNode {
+        node_id: id.clone(),
+    });
+    let status = if tell_agent(&state, &id, &cmd).await? {
         NodeStatus::Online
     } else {
         NodeStatus::Offline
