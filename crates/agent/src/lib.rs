@@ -5,9 +5,11 @@
 //! 000/001 and from flags, and the host metrics of its heartbeat ([`host::HostSampler`]).
 
 mod config;
+mod consoles;
 pub mod host;
 pub mod node_api;
 pub mod sio;
 pub mod upstream;
+pub mod vms;
 
 pub use config::{AgentConfig, ConfigError, LogLevel};

@@ -14,14 +14,18 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use vmfleet_core::NodeId;
+use vmfleet_hypervisor::Hypervisor;
 use vmfleet_hypervisor::docker::{ContainerState, DockerRuntime};
 use vmfleet_wire::fleet::{
-    Ack, AgentEvent, BackendCommand, ConnectionInfo, Heartbeat, InstanceStarted, InstanceStopped,
-    NAMESPACE, NODE_INFO, NodeInfo, NodeStatus, StartInstance, StopInstance, StopReason,
+    Ack, AgentEvent, BackendCommand, ConnectionInfo, CreateVmSpec, Heartbeat, InstanceStarted,
+    InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, NodeStatus, StartInstance, StopInstance,
+    StopReason, VmCommandReply, VmErrorCode, VmOperation,
 };
 
+use crate::consoles::Consoles;
 use crate::host::{HostSampler, Overcommit, capacity};
 use crate::sio::{Incoming, SioClient, SioError};
+use crate::vms::{VmService, check_labels, committed, report};
 
 /// How the agent reaches the control plane and what it runs.
 pub struct Upstream {
@@ -29,7 +33,15 @@ pub struct Upstream {
     host_key: String,
     heartbeat: Duration,
     containers: Option<DockerRuntime>,
+    vms: Option<Arc<VmService>>,
     state: Arc<AgentState>,
+}
+
+/// What a connection holds: the client, the node it is, the consoles it streams.
+struct Session {
+    client: SioClient,
+    node: NodeId,
+    consoles: Consoles,
 }
 
 /// What outlives a connection.
@@ -100,6 +112,7 @@ impl Upstream {
             host_key: host_key.into(),
             heartbeat,
             containers,
+            vms: None,
             state: Arc::new(AgentState {
                 draining: AtomicBool::new(false),
                 sampler: Mutex::new(sampler),
@@ -115,6 +128,12 @@ impl Upstream {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.overcommit = overcommit;
         }
+        self
+    }
+
+    /// Runs the REST API's VM operations (`vm_command`) on `vmm` and reports its VMs.
+    pub fn with_vms(mut self, vmm: Arc<dyn Hypervisor>) -> Self {
+        self.vms = Some(Arc::new(VmService::new(vmm)));
         self
     }
 
@@ -173,22 +192,37 @@ impl Upstream {
             }
         };
         tracing::info!(node = %node_id, "connected to the control plane");
+        let session = Arc::new(Session {
+            consoles: Consoles::new(
+                client.clone(),
+                self.vms.as_ref().map(|v| v.hypervisor().clone()),
+            ),
+            client: client.clone(),
+            node: node_id.clone(),
+        });
+        // Subscribed before the report, so no change falls between the two.
+        let vm_states = self
+            .vms
+            .as_ref()
+            .map(|v| tokio::spawn(forward_vm_states(v.hypervisor().clone(), session.clone())));
+        let _vm_states = AbortOnDrop(vm_states);
         self.report_instances(&client).await;
+        self.report_vms(&client).await;
         let beat = tokio::spawn(heartbeats(
             client.clone(),
             node_id.clone(),
             self.state.clone(),
             self.containers.clone(),
+            self.vms.clone(),
             self.heartbeat,
         ));
         let why = loop {
             match incoming.recv().await {
                 Some(Incoming::Event { name, payload, ack }) => {
                     let me = self.clone_for_task();
-                    let client = client.clone();
-                    let node_id = node_id.clone();
+                    let session = session.clone();
                     tokio::spawn(async move {
-                        me.command(&client, &node_id, &name, &payload, ack).await;
+                        me.command(&session, &name, &payload, ack).await;
                     });
                 }
                 Some(Incoming::Disconnected(why)) => break why,
@@ -196,6 +230,7 @@ impl Upstream {
             }
         };
         beat.abort();
+        session.consoles.detach_all();
         why
     }
 
@@ -205,45 +240,96 @@ impl Upstream {
             host_key: self.host_key.clone(),
             heartbeat: self.heartbeat,
             containers: self.containers.clone(),
+            vms: self.vms.clone(),
             state: self.state.clone(),
         }
     }
 
     /// Runs one command and acknowledges it.
-    async fn command(
-        &self,
-        client: &SioClient,
-        node: &NodeId,
-        name: &str,
-        payload: &Value,
-        ack: Option<u64>,
-    ) {
+    async fn command(&self, session: &Session, name: &str, payload: &Value, ack: Option<u64>) {
+        let client = &session.client;
         let reply = match BackendCommand::decode(name, payload) {
             Err(e) => {
                 let detail = std::error::Error::source(&e).map(|s| format!(": {s}"));
-                Ack::refused(format!("{e}{}", detail.unwrap_or_default()))
+                let message = format!("{e}{}", detail.unwrap_or_default());
+                if name == "vm_command" {
+                    to_value(&VmCommandReply::refused(VmErrorCode::BadRequest, message))
+                } else {
+                    to_value(&Ack::refused(message))
+                }
             }
-            Ok(BackendCommand::DrainNode(d)) if &d.node_id != node => {
+            Ok(BackendCommand::VmCommand(cmd)) => to_value(&self.vm_command(cmd).await),
+            Ok(BackendCommand::ConsoleAttach(c)) => {
+                to_value(&session.consoles.attach(&c.vm_id).await)
+            }
+            Ok(BackendCommand::ConsoleDetach(c)) => to_value(&session.consoles.detach(&c.vm_id)),
+            Ok(BackendCommand::ConsoleInput(c)) => {
+                to_value(&session.consoles.input(&c.vm_id, &c.data.0).await)
+            }
+            Ok(other) => to_value(&self.node_command(session, other).await),
+        };
+        if let Some(id) = ack {
+            let _ = client.ack(id, &reply).await;
+        }
+    }
+
+    /// Runs one VM operation, once per request id.
+    async fn vm_command(&self, cmd: vmfleet_wire::fleet::VmCommand) -> VmCommandReply {
+        let Some(vms) = &self.vms else {
+            return VmCommandReply::refused(
+                VmErrorCode::NoHypervisor,
+                "this node runs no VMs (it has no hypervisor)",
+            );
+        };
+        let admit = async {
+            let VmOperation::Create(spec) = &cmd.op else {
+                return Ok(());
+            };
+            self.admit_vm(spec).await
+        };
+        vms.run(cmd.clone(), admit).await
+    }
+
+    /// Whether a new VM may be defined here: the node is not draining and has room for it.
+    async fn admit_vm(&self, spec: &CreateVmSpec) -> Result<(), (VmErrorCode, String)> {
+        check_labels(&spec.labels)?;
+        if self.state.is_draining() {
+            return Err((
+                VmErrorCode::Draining,
+                "the node is draining and takes no new VMs".to_owned(),
+            ));
+        }
+        self.room_for(f64::from(spec.vcpu_count), spec.mem_size_mib, 0)
+            .await
+            .map_err(|why| (VmErrorCode::InsufficientCapacity, why))
+    }
+
+    /// The node commands of seed 001 (and undrain).
+    async fn node_command(&self, session: &Session, cmd: BackendCommand) -> Ack {
+        let (client, node) = (&session.client, &session.node);
+        match cmd {
+            BackendCommand::DrainNode(d) if &d.node_id != node => {
                 Ack::refused(format!("this is node {node}, not {}", d.node_id))
             }
-            Ok(BackendCommand::DrainNode(d)) => {
+            BackendCommand::DrainNode(d) => {
                 tracing::warn!(reason = %d.reason, "draining: no new rentals");
                 self.state.draining.store(true, Ordering::SeqCst);
                 Ack::ok()
             }
-            Ok(BackendCommand::UndrainNode(u)) if &u.node_id != node => {
+            BackendCommand::UndrainNode(u) if &u.node_id != node => {
                 Ack::refused(format!("this is node {node}, not {}", u.node_id))
             }
-            Ok(BackendCommand::UndrainNode(_)) => {
+            BackendCommand::UndrainNode(_) => {
                 tracing::info!("drain ended: taking new rentals again");
                 self.state.draining.store(false, Ordering::SeqCst);
                 Ack::ok()
             }
-            Ok(BackendCommand::StartInstance(req)) => self.start(client, req).await,
-            Ok(BackendCommand::StopInstance(req)) => self.stop(client, req).await,
-        };
-        if let Some(id) = ack {
-            let _ = client.ack(id, &to_value(&reply)).await;
+            BackendCommand::StartInstance(req) => self.start(client, req).await,
+            BackendCommand::StopInstance(req) => self.stop(client, req).await,
+            BackendCommand::VmCommand(_)
+            | BackendCommand::ConsoleAttach(_)
+            | BackendCommand::ConsoleDetach(_)
+            | BackendCommand::ConsoleInput(_) => Ack::refused("not a node command"),
         }
     }
 
@@ -293,6 +379,34 @@ impl Upstream {
         }) {
             return Ok(());
         }
+        let limits = &req.resource_limits;
+        self.room_for(
+            limits.cpu_cores,
+            limits.ram_limit.as_bytes() >> 20,
+            limits.gpu_indices.len(),
+        )
+        .await
+    }
+
+    /// Whether `cpu` cores, `mem_mb` MiB and `gpus` GPUs fit beside the running containers and
+    /// the defined VMs, within the node's capacity (its overcommit applied).
+    async fn room_for(&self, cpu: f64, mem_mb: u64, gpus: usize) -> Result<(), String> {
+        let (mut used_cpu, mut used_mem) = (0.0f64, 0u64);
+        if let Some(docker) = &self.containers {
+            let running = docker.list().await.map_err(|e| e.to_string())?;
+            for c in running
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+            {
+                used_cpu += c.nano_cpus as f64 / 1e9;
+                used_mem += u64::try_from(c.memory_bytes).unwrap_or(0) >> 20;
+            }
+        }
+        if let Some(vms) = &self.vms {
+            let (c, m) = committed(&vms.hypervisor().list().await);
+            used_cpu += c;
+            used_mem += m;
+        }
         let metrics = self
             .state
             .sampler
@@ -300,17 +414,8 @@ impl Upstream {
             .unwrap_or_else(|p| p.into_inner())
             .sample();
         let cap = capacity(&metrics, self.state.overcommit);
-        let live = running
-            .iter()
-            .filter(|c| c.state == ContainerState::Running);
-        let (cpu, mem) = live.fold((0.0f64, 0u64), |(c, m), x| {
-            (
-                c + x.nano_cpus as f64 / 1e9,
-                m + u64::try_from(x.memory_bytes).unwrap_or(0),
-            )
-        });
-        let want_cpu = cpu + req.resource_limits.cpu_cores;
-        let want_mem_mb = (mem + req.resource_limits.ram_limit.as_bytes()) >> 20;
+        let want_cpu = used_cpu + cpu;
+        let want_mem_mb = used_mem + mem_mb;
         if want_cpu > f64::from(cap.vcpus) {
             return Err(format!(
                 "insufficient capacity: {want_cpu} CPU cores wanted in all, the node allocates {}",
@@ -323,7 +428,6 @@ impl Upstream {
                 cap.memory_mb
             ));
         }
-        let gpus = req.resource_limits.gpu_indices.len();
         if gpus > cap.gpus as usize {
             return Err(format!(
                 "insufficient capacity: {gpus} GPUs wanted, the node has {}",
@@ -363,6 +467,17 @@ impl Upstream {
         Ack::ok()
     }
 
+    /// Tells the control plane the state of every VM here (those that died while the agent
+    /// was down included: the hypervisor layer found them in `error` when it recovered).
+    async fn report_vms(&self, client: &SioClient) {
+        let Some(vms) = &self.vms else {
+            return;
+        };
+        for st in vms.hypervisor().list().await {
+            emit(client, &AgentEvent::VmState(report(&st))).await;
+        }
+    }
+
     /// Tells the control plane what runs here: every rental container, started or ended.
     async fn report_instances(&self, client: &SioClient) {
         let Some(docker) = &self.containers else {
@@ -399,6 +514,30 @@ impl Upstream {
                 })
             };
             emit(client, &ev).await;
+        }
+    }
+}
+
+/// Reports every VM state change to the control plane, and streams again the consoles it
+/// follows when their VM boots anew.
+async fn forward_vm_states(vmm: Arc<dyn Hypervisor>, session: Arc<Session>) {
+    let mut changes = vmm.subscribe();
+    loop {
+        match changes.recv().await {
+            Ok(st) => {
+                if st.state == vmfleet_core::VmState::Running {
+                    session.consoles.reattach(&st.id).await;
+                }
+                emit(&session.client, &AgentEvent::VmState(report(&st))).await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                // Changes were lost: the current state of every VM makes up for them.
+                tracing::warn!(missed = n, "VM state changes came too fast; reporting all");
+                for st in vmm.list().await {
+                    emit(&session.client, &AgentEvent::VmState(report(&st))).await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -493,12 +632,13 @@ async fn heartbeats(
     node: NodeId,
     state: Arc<AgentState>,
     containers: Option<DockerRuntime>,
+    vms: Option<Arc<VmService>>,
     period: Duration,
 ) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let busy = match &containers {
+        let busy_containers = match &containers {
             Some(d) => d
                 .list()
                 .await
@@ -506,6 +646,16 @@ async fn heartbeats(
                 .unwrap_or(false),
             None => false,
         };
+        let busy_vms = match &vms {
+            Some(v) => v
+                .hypervisor()
+                .list()
+                .await
+                .iter()
+                .any(|st| st.state.has_process()),
+            None => false,
+        };
+        let busy = busy_containers || busy_vms;
         let status = if state.is_draining() {
             NodeStatus::Maintenance
         } else if busy {

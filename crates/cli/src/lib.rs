@@ -174,11 +174,11 @@ async fn run(command: Command) -> Result<(), CliError> {
                 Ok(t) if !t.is_empty() => t,
                 _ => DataDir::open(&config.vm_base_path)?.secret("node.token")?,
             };
-            let (node_api, addr) =
+            let (node_api, addr, vmm) =
                 local::start_node_api(&config.vm_base_path, token, config.node_ws_listen, accel)
                     .await?;
             say!("vmfleet agent: node API on ws://{addr}/ws");
-            let upstream = agent_upstream(&config).await;
+            let upstream = agent_upstream(&config).await.with_vms(vmm);
             upstream.run(shutdown_signal()).await;
             node_api.abort();
             say!("vmfleet agent: shutting down");

@@ -14,7 +14,7 @@ use vmfleet_agent::upstream::Upstream;
 use vmfleet_auth::SecretHash;
 use vmfleet_hypervisor::docker::{DockerConfig, DockerRuntime};
 use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
-use vmfleet_hypervisor::{ImageCatalog, Vmm};
+use vmfleet_hypervisor::{Hypervisor, ImageCatalog, Vmm};
 use vmfleet_store::{Store, StoreError};
 
 use crate::{CliError, ControlPlane};
@@ -74,13 +74,14 @@ fn fill_catalog(catalog: &ImageCatalog) {
 
 /// The node WebSocket API of seed 000 over a QEMU `Vmm` whose files live under `base`
 /// (`images/`, filled from the guest image cache, and `instances/`). VMs a previous process
-/// left are recovered first. Returns the serving task and the bound address.
+/// left are recovered first. Returns the serving task, the bound address and the hypervisor
+/// (the agent's `/fleet` connection drives the same VMs).
 pub async fn start_node_api(
     base: &Path,
     token: String,
     listen: SocketAddr,
     accel: Accel,
-) -> Result<(JoinHandle<()>, SocketAddr), CliError> {
+) -> Result<(JoinHandle<()>, SocketAddr, Arc<dyn Hypervisor>), CliError> {
     let catalog =
         ImageCatalog::open(base.join("images")).map_err(|e| CliError::Local(e.to_string()))?;
     fill_catalog(&catalog);
@@ -108,9 +109,11 @@ pub async fn start_node_api(
         addr: listen,
         source,
     })?;
+    let vmm: Arc<dyn Hypervisor> = Arc::new(vmm);
     Ok((
-        tokio::spawn(NodeApi::new(Arc::new(vmm), token).serve(listener)),
+        tokio::spawn(NodeApi::new(vmm.clone(), token).serve(listener)),
         addr,
+        vmm,
     ))
 }
 
@@ -159,7 +162,7 @@ pub async fn start(
 
     let base = dir.root().join("vms");
     let token = dir.secret(NODE_TOKEN)?;
-    let (node_api, node_api_addr) =
+    let (node_api, node_api_addr, vmm) =
         start_node_api(&base, token, node_api_listen, Accel::Auto).await?;
 
     let docker = DockerRuntime::new(DockerConfig::default());
@@ -176,7 +179,8 @@ pub async fn start(
         Duration::from_secs(5),
         containers,
         HostSampler::new(&base),
-    );
+    )
+    .with_vms(vmm);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let upstream = tokio::spawn(async move {
         upstream

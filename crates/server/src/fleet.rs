@@ -7,6 +7,14 @@
 //! [`NodeRegistry`]; each is acknowledged `{ "success": true }` or `false` with the reason.
 //! A node is online while connected and heartbeating: three missed heartbeats (15 s) mark it
 //! offline and drop the connection, even when TCP stays half-open.
+//!
+//! Abuse stays with the node that commits it: a message over [`MAX_MESSAGE_BYTES`] closes
+//! that node's connection; heartbeats beyond [`HEARTBEAT_BURST`] at once, refilled at one per
+//! second (or two per heartbeat period when that is shorter), are refused with an error ack
+//! and one log line per node and flood.
+//!
+//! Beyond seed 001, the namespace carries the REST API's VM operations ([`Fleet::vm_command`])
+//! and the VMs' serial consoles ([`Fleet::console`]) over the same agent connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,15 +25,26 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, Extension, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use vmfleet_core::NodeId;
+use tokio::sync::broadcast;
+use vmfleet_core::{NodeId, VmId};
 use vmfleet_wire::fleet::{
-    Ack, AgentEvent, BackendCommand, Heartbeat, InstanceStarted, InstanceStopped, NAMESPACE,
-    NODE_INFO, NodeInfo,
+    Ack, AgentEvent, BackendCommand, Base64, ConsoleData, ConsoleRef, Heartbeat, InstanceStarted,
+    InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, VmCommand, VmCommandReply, VmReport,
 };
 
 /// How often agents heartbeat (seed 001), and how many may be missed.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
 pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// The largest message an agent may send; a bigger one closes its connection.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Heartbeats a node may send at once; the allowance refills at one per second, or two per
+/// heartbeat period when that is shorter.
+pub const HEARTBEAT_BURST: f64 = 5.0;
+
+/// Console bytes buffered per watcher before the slowest one misses some.
+const CONSOLE_BUFFER: usize = 256;
 
 /// What the control plane records about nodes; the store implements it.
 #[async_trait]
@@ -37,6 +56,8 @@ pub trait NodeRegistry: Send + Sync + 'static {
     async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String>;
     async fn instance_started(&self, node: &NodeId, ev: &InstanceStarted) -> Result<(), String>;
     async fn instance_stopped(&self, node: &NodeId, ev: &InstanceStopped) -> Result<(), String>;
+    /// A VM of `node` changed state (or was reported on reconnection).
+    async fn vm_state(&self, node: &NodeId, report: &VmReport) -> Result<(), String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +68,8 @@ pub enum FleetError {
     NoAck(NodeId),
     #[error("node {node} refused the command: {message}")]
     Refused { node: NodeId, message: String },
+    #[error("node {node} answered with something that is not an acknowledgement: {reply}")]
+    BadReply { node: NodeId, reply: Value },
 }
 
 /// The `/fleet` namespace: connected nodes and a way to send them commands.
@@ -58,9 +81,100 @@ pub struct Fleet {
 
 struct Inner {
     registry: Arc<dyn NodeRegistry>,
-    /// Connected nodes: their socket and when they were last heard from.
-    nodes: Mutex<HashMap<NodeId, (SocketRef, Instant)>>,
+    nodes: Mutex<HashMap<NodeId, Conn>>,
+    /// VM consoles being watched, and the node each streams from.
+    consoles: Mutex<HashMap<VmId, (NodeId, broadcast::Sender<bytes::Bytes>)>>,
     heartbeat_period: Duration,
+}
+
+/// A connected node.
+struct Conn {
+    sock: SocketRef,
+    /// When it was last heard from.
+    seen: Instant,
+    heartbeats: Bucket,
+}
+
+impl Conn {
+    fn new(sock: SocketRef, heartbeat_period: Duration) -> Self {
+        let per_sec = (2.0 / heartbeat_period.as_secs_f64().max(0.001)).max(1.0);
+        Conn {
+            sock,
+            seen: Instant::now(),
+            heartbeats: Bucket::full(HEARTBEAT_BURST, per_sec),
+        }
+    }
+}
+
+/// A token bucket: `burst` at once, refilled at `per_sec`.
+struct Bucket {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+    /// Whether the current flood was logged already.
+    logged: bool,
+}
+
+impl Bucket {
+    fn full(burst: f64, per_sec: f64) -> Self {
+        Bucket {
+            tokens: burst,
+            burst,
+            per_sec,
+            at: Instant::now(),
+            logged: false,
+        }
+    }
+
+    /// Takes one token if there is one. `Err(first)`: refused, `first` when this is the
+    /// first refusal of a flood.
+    fn take(&mut self, now: Instant) -> Result<(), bool> {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.logged = false;
+            Ok(())
+        } else {
+            Err(!std::mem::replace(&mut self.logged, true))
+        }
+    }
+}
+
+/// A watch on a VM's serial console: its bytes as the agent streams them. The agent streams
+/// while any tap is open; the last one dropped tells it to stop.
+pub struct ConsoleTap {
+    pub output: broadcast::Receiver<bytes::Bytes>,
+    fleet: Fleet,
+    vm: VmId,
+}
+
+impl Drop for ConsoleTap {
+    fn drop(&mut self) {
+        let last = {
+            let mut consoles = self.fleet.consoles();
+            // This tap's receiver still counts.
+            let last = consoles
+                .get(&self.vm)
+                .is_some_and(|(_, tx)| tx.receiver_count() <= 1);
+            if last {
+                consoles.remove(&self.vm)
+            } else {
+                None
+            }
+        };
+        if let Some((node, _)) = last {
+            let fleet = self.fleet.clone();
+            let cmd = BackendCommand::ConsoleDetach(ConsoleRef {
+                vm_id: self.vm.clone(),
+            });
+            tokio::spawn(async move {
+                let _ = fleet.send(&node, &cmd, Duration::from_secs(5)).await;
+            });
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -104,6 +218,7 @@ impl Fleet {
             inner: Arc::new(Inner {
                 registry,
                 nodes: Mutex::new(HashMap::new()),
+                consoles: Mutex::new(HashMap::new()),
                 heartbeat_period,
             }),
         };
@@ -132,19 +247,27 @@ impl Fleet {
         fleet
     }
 
-    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (SocketRef, Instant)>> {
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Conn>> {
         self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn consoles(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<VmId, (NodeId, broadcast::Sender<bytes::Bytes>)>> {
+        self.inner
+            .consoles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     async fn connected(&self, s: SocketRef, info: NodeInfo) {
         let node = info.node_id.clone();
         tracing::info!(%node, name = %info.name, "node connected");
         // A node connects once: a newer connection replaces an older one.
-        if let Some((old, _)) = self
-            .nodes()
-            .insert(node.clone(), (s.clone(), Instant::now()))
-        {
-            let _ = old.disconnect();
+        let conn = Conn::new(s.clone(), self.inner.heartbeat_period);
+        if let Some(old) = self.nodes().insert(node.clone(), conn) {
+            let _ = old.sock.disconnect();
         }
         // Handlers first: the agent may send as soon as it hears `node_info`.
         for name in AgentEvent::NAMES {
@@ -167,7 +290,7 @@ impl Fleet {
             async move {
                 let current = {
                     let mut nodes = fleet.nodes();
-                    let is_current = nodes.get(&node).is_some_and(|(sock, _)| sock.id == s.id);
+                    let is_current = nodes.get(&node).is_some_and(|c| c.sock.id == s.id);
                     if is_current {
                         nodes.remove(&node);
                     }
@@ -185,8 +308,26 @@ impl Fleet {
 
     /// Handles one agent event and returns its acknowledgement.
     async fn event(&self, node: &NodeId, name: &str, payload: &Value) -> Ack {
-        if let Some(entry) = self.nodes().get_mut(node) {
-            entry.1 = Instant::now();
+        let now = Instant::now();
+        let allowed = match self.nodes().get_mut(node) {
+            Some(conn) => {
+                conn.seen = now;
+                if name == "heartbeat" {
+                    conn.heartbeats.take(now)
+                } else {
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        };
+        match allowed {
+            Ok(()) => {}
+            Err(first) => {
+                if first {
+                    tracing::warn!(%node, "heartbeat flood: refusing heartbeats until the node slows down");
+                }
+                return Ack::refused("too many heartbeats: a node heartbeats once per period");
+            }
         }
         let ev = match AgentEvent::decode(name, payload) {
             Ok(ev) => ev,
@@ -203,6 +344,8 @@ impl Fleet {
             AgentEvent::Heartbeat(hb) => self.inner.registry.heartbeat(node, hb).await,
             AgentEvent::InstanceStarted(e) => self.inner.registry.instance_started(node, e).await,
             AgentEvent::InstanceStopped(e) => self.inner.registry.instance_stopped(node, e).await,
+            AgentEvent::VmState(r) => self.inner.registry.vm_state(node, r).await,
+            AgentEvent::ConsoleOutput(c) => self.console_output(node, c),
         };
         match r {
             Ok(()) => Ack::ok(),
@@ -229,11 +372,11 @@ impl Fleet {
                     let mut nodes = fleet.nodes();
                     let ids: Vec<NodeId> = nodes
                         .iter()
-                        .filter(|(_, (_, seen))| seen.elapsed() > limit)
+                        .filter(|(_, c)| c.seen.elapsed() > limit)
                         .map(|(id, _)| id.clone())
                         .collect();
                     ids.into_iter()
-                        .filter_map(|id| nodes.remove(&id).map(|(s, _)| (id, s)))
+                        .filter_map(|id| nodes.remove(&id).map(|c| (id, c.sock)))
                         .collect()
                 };
                 for (node, sock) in silent {
@@ -252,8 +395,8 @@ impl Fleet {
 
     /// Disconnects `node`'s agent, if connected (the node was removed).
     pub fn drop_node(&self, node: &NodeId) {
-        if let Some((sock, _)) = self.nodes().remove(node) {
-            let _ = sock.disconnect();
+        if let Some(conn) = self.nodes().remove(node) {
+            let _ = conn.sock.disconnect();
         }
     }
 
@@ -263,7 +406,7 @@ impl Fleet {
     }
 
     /// Sends a command to a node and waits for its acknowledgement.
-    pub async fn send(
+    async fn send_raw(
         &self,
         node: &NodeId,
         cmd: &BackendCommand,
@@ -272,13 +415,23 @@ impl Fleet {
         let sock = self
             .nodes()
             .get(node)
-            .map(|(s, _)| s.clone())
+            .map(|c| c.sock.clone())
             .ok_or_else(|| FleetError::NotConnected(node.clone()))?;
         let stream = sock
             .timeout(timeout)
             .emit_with_ack::<_, Value>(cmd.name(), &cmd.payload())
             .map_err(|_| FleetError::NotConnected(node.clone()))?;
-        let reply = stream.await.map_err(|_| FleetError::NoAck(node.clone()))?;
+        stream.await.map_err(|_| FleetError::NoAck(node.clone()))
+    }
+
+    /// Sends a node command and waits for its `{ "success": ... }` acknowledgement.
+    pub async fn send(
+        &self,
+        node: &NodeId,
+        cmd: &BackendCommand,
+        timeout: Duration,
+    ) -> Result<Ack, FleetError> {
+        let reply = self.send_raw(node, cmd, timeout).await?;
         match serde_json::from_value::<Ack>(reply.clone()) {
             Ok(Ack {
                 success: false,
@@ -287,7 +440,109 @@ impl Fleet {
                 node: node.clone(),
                 message: message.unwrap_or_default(),
             }),
-            _ => Ok(reply),
+            Ok(ack) => Ok(ack),
+            Err(_) => Err(FleetError::BadReply {
+                node: node.clone(),
+                reply,
+            }),
         }
+    }
+
+    /// Runs a VM operation on `node` and returns the agent's answer, a refusal included (its
+    /// `code` says why). Resending the same command (same request id) is safe: the agent runs
+    /// it once.
+    pub async fn vm_command(
+        &self,
+        node: &NodeId,
+        cmd: VmCommand,
+        timeout: Duration,
+    ) -> Result<VmCommandReply, FleetError> {
+        let reply = self
+            .send_raw(node, &BackendCommand::VmCommand(cmd), timeout)
+            .await?;
+        serde_json::from_value(reply.clone()).map_err(|_| FleetError::BadReply {
+            node: node.clone(),
+            reply,
+        })
+    }
+
+    /// Watches the serial console of `vm`, which runs on `node`: the agent streams it (its
+    /// scrollback first) while any tap is open.
+    pub async fn console(&self, node: &NodeId, vm: &VmId) -> Result<ConsoleTap, FleetError> {
+        let (output, first) = {
+            let mut consoles = self.consoles();
+            match consoles.get(vm) {
+                Some((on, tx)) if on == node => (tx.subscribe(), false),
+                _ => {
+                    let (tx, rx) = broadcast::channel(CONSOLE_BUFFER);
+                    consoles.insert(vm.clone(), (node.clone(), tx));
+                    (rx, true)
+                }
+            }
+        };
+        let tap = ConsoleTap {
+            output,
+            fleet: self.clone(),
+            vm: vm.clone(),
+        };
+        if first {
+            let cmd = BackendCommand::ConsoleAttach(ConsoleRef { vm_id: vm.clone() });
+            self.send(node, &cmd, Duration::from_secs(10)).await?;
+        }
+        Ok(tap)
+    }
+
+    /// Types `bytes` into the serial console of `vm` on `node`.
+    pub async fn console_input(
+        &self,
+        node: &NodeId,
+        vm: &VmId,
+        bytes: &[u8],
+    ) -> Result<(), FleetError> {
+        let cmd = BackendCommand::ConsoleInput(ConsoleData {
+            vm_id: vm.clone(),
+            data: Base64(bytes.to_vec()),
+        });
+        self.send(node, &cmd, Duration::from_secs(10))
+            .await
+            .map(drop)
+    }
+
+    /// Hands console bytes to the VM's watchers; only the node the console is attached on may
+    /// send them.
+    fn console_output(&self, node: &NodeId, c: &ConsoleData) -> Result<(), String> {
+        match self.consoles().get(&c.vm_id) {
+            Some((on, tx)) if on == node => {
+                let _ = tx.send(bytes::Bytes::from(c.data.0.clone()));
+                Ok(())
+            }
+            Some(_) => Err(format!("VM {} is not attached on this node", c.vm_id)),
+            // Watchers just left: nothing to do.
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_bucket_allows_a_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(5.0, 1.0);
+        for _ in 0..5 {
+            assert_eq!(b.take(t0), Ok(()));
+        }
+        assert_eq!(b.take(t0), Err(true));
+        assert_eq!(b.take(t0), Err(false), "a flood is logged once");
+        assert_eq!(b.take(t0 + Duration::from_millis(1100)), Ok(()));
+        assert_eq!(b.take(t0 + Duration::from_millis(1200)), Err(true));
+        // Idle time refills up to the burst, no further.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..5 {
+            assert_eq!(b.take(later), Ok(()));
+        }
+        assert!(b.take(later).is_err());
     }
 }

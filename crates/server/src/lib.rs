@@ -70,7 +70,11 @@ impl AppState {
         registry: Arc<dyn fleet::NodeRegistry>,
         heartbeat_period: std::time::Duration,
     ) -> Self {
-        let (layer, io) = socketioxide::SocketIo::new_layer();
+        let (layer, io) = socketioxide::SocketIo::builder()
+            .max_payload(fleet::MAX_MESSAGE_BYTES as u64)
+            .ws_max_message_size(fleet::MAX_MESSAGE_BYTES)
+            .ws_max_frame_size(fleet::MAX_MESSAGE_BYTES)
+            .build_layer();
         self.fleet = Some(fleet::Fleet::attach(&io, registry, heartbeat_period));
         self.sio_layer = Some(layer);
         self

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use serde_json::json;
 use vmfleet_auth::SecretHash;
 use vmfleet_core::{NodeId, Timestamp};
-use vmfleet_store::{Actor, AuditTarget, NodeStatus, Store};
-use vmfleet_wire::fleet::{self, Heartbeat, InstanceStarted, InstanceStopped};
+use vmfleet_store::{Actor, AuditTarget, NodeStatus, Store, StoreError};
+use vmfleet_wire::fleet::{self, Heartbeat, InstanceStarted, InstanceStopped, VmReport};
 
 use crate::fleet::NodeRegistry;
 
@@ -112,5 +112,42 @@ impl NodeRegistry for StoreRegistry {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    async fn vm_state(&self, node: &NodeId, report: &VmReport) -> Result<(), String> {
+        let vm = match self.store.get_vm(&report.vm_id).await {
+            Ok(vm) => vm,
+            // A VM the control plane did not make (the node's own API of seed 000).
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if vm.node.as_ref() != Some(node) {
+            return Err(format!("VM {} is not placed on this node", report.vm_id));
+        }
+        let unchanged = vm.state == report.state
+            && vm.state_reason == report.reason
+            && (report.ip_address.is_none() || vm.ip == report.ip_address);
+        if unchanged {
+            return Ok(());
+        }
+        self.store
+            .update_vm_state(
+                &report.vm_id,
+                report.state,
+                report.reason.as_deref(),
+                report.ip_address,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = self
+            .store
+            .append_audit(
+                &Actor::Node(node.clone()),
+                "vm_state",
+                &AuditTarget::Vm(report.vm_id.clone()),
+                &json!({ "state": report.state.as_str(), "reason": report.reason }),
+            )
+            .await;
+        Ok(())
     }
 }

@@ -199,6 +199,14 @@ impl vmfleet_server::fleet::NodeRegistry for Recorder {
         ));
         Ok(())
     }
+    async fn vm_state(
+        &self,
+        node: &vmfleet_core::NodeId,
+        report: &vmfleet_wire::fleet::VmReport,
+    ) -> Result<(), String> {
+        self.push(format!("vm {node} {} {}", report.vm_id, report.state));
+        Ok(())
+    }
 }
 
 /// Waits until a line of the recorder starts with `prefix`.

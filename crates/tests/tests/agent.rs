@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::oneshot;
 use vmfleet_agent::host::HostSampler;
 use vmfleet_agent::upstream::Upstream;
@@ -96,7 +95,7 @@ async fn the_agent_heartbeats_drains_refuses_and_reconnects() {
             .send(&node, &drain, Duration::from_secs(5))
             .await
             .unwrap(),
-        json!({"success": true})
+        vmfleet_wire::fleet::Ack::ok()
     );
     assert!(state.is_draining());
     wait_log(&rec, "heartbeat node-7 Maintenance").await;

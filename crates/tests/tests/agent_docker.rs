@@ -85,7 +85,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         .send(&node, &cmd, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(ack, json!({"success": true}));
+    assert_eq!(ack, vmfleet_wire::fleet::Ack::ok());
     let rental = vmfleet_core::RentalId::new("uuid").unwrap();
     let started = wait_audit(&plane, &rental, "instance_started").await;
     let container_id = started["containerId"].as_str().unwrap().to_owned();

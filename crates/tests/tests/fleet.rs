@@ -113,7 +113,10 @@ async fn a_node_connects_heartbeats_and_reports() {
         .ack(ack.unwrap(), &json!({"success": true}))
         .await
         .unwrap();
-    assert_eq!(sender.await.unwrap().unwrap(), json!({"success": true}));
+    assert_eq!(
+        sender.await.unwrap().unwrap(),
+        vmfleet_wire::fleet::Ack::ok()
+    );
 
     client.disconnect().await;
     wait_log(&rec, "offline node-1").await;
@@ -163,4 +166,92 @@ async fn a_silent_node_is_dropped_after_three_missed_heartbeats() {
     })
     .await;
     assert!(end.is_ok(), "the silent node's connection was not closed");
+}
+
+#[tokio::test]
+async fn floods_and_oversized_messages_stay_with_their_node() {
+    let mut rec = Recorder::default();
+    for n in ["node-1", "node-2"] {
+        rec.keys.insert(
+            format!("key-of-{n}"),
+            (NodeId::new(n).unwrap(), n.to_owned()),
+        );
+    }
+    let rec = Arc::new(rec);
+    let state = vmfleet_server::AppState::new(vmfleet_auth::JwtKey::generate())
+        .with_fleet(rec.clone(), Duration::from_secs(5));
+    let fleet = state.fleet.clone().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(vmfleet_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    let (flooder, mut flooder_in) = SioClient::connect(&url, "/fleet", "key-of-node-1")
+        .await
+        .unwrap();
+    let (calm, _calm_in) = SioClient::connect(&url, "/fleet", "key-of-node-2")
+        .await
+        .unwrap();
+    wait_log(&rec, "online node-2").await;
+
+    // Heartbeats at a flood rate: a burst goes through, the rest is refused with a reason.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let ack = flooder
+            .emit_with_ack("heartbeat", &heartbeat("node-1"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        if ack["success"] == json!(false) {
+            assert!(
+                ack["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("too many heartbeats")
+            );
+            refused += 1;
+        }
+    }
+    assert!((20..=26).contains(&refused), "{refused} of 30 refused");
+    let stored = rec
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("heartbeat node-1"))
+        .count();
+    assert!(
+        stored <= 10,
+        "{stored} flood heartbeats reached the registry"
+    );
+    // The other node is not affected.
+    let ack = calm
+        .emit_with_ack("heartbeat", &heartbeat("node-2"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ack, json!({"success": true}));
+
+    // A message over the limit closes the sender's connection, and only that one.
+    let huge = json!({ "nodeId": "node-1", "padding": "x".repeat(2 << 20) });
+    let _ = flooder
+        .emit_with_ack("heartbeat", &huge, Duration::from_secs(2))
+        .await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Incoming::Disconnected(_)) | None = flooder_in.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an oversized message did not close its connection"
+    );
+    wait_log(&rec, "offline node-1").await;
+    let ack = calm
+        .emit_with_ack("heartbeat", &heartbeat("node-2"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ack, json!({"success": true}));
+    assert!(fleet.is_connected(&NodeId::new("node-2").unwrap()));
 }

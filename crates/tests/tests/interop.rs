@@ -107,7 +107,7 @@ async fn official_agent(client: Client, transport: &str) {
             .send(&node, &cmd, Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(ack, serde_json::json!({"success": true}), "{name}");
+        assert_eq!(ack, vmfleet_wire::fleet::Ack::ok(), "{name}");
         assert_eq!(next().await, format!("{name} uuid"));
     }
     let drain = BackendCommand::DrainNode(DrainNode {

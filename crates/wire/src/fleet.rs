@@ -11,6 +11,10 @@ use serde_json::Value;
 use vmfleet_core::{ByteSize, ContainerId, GpuIndex, ImageRef, NodeId, RentalId};
 
 use crate::error::{DecodeError, classify, from_value};
+pub use crate::fleet_vm::{
+    Base64, ConsoleData, ConsoleRef, CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode,
+    VmMetrics, VmOperation, VmReport,
+};
 
 /// The namespace agents connect to.
 pub const NAMESPACE: &str = "/fleet";
@@ -220,6 +224,10 @@ pub enum AgentEvent {
     Heartbeat(Heartbeat),
     InstanceStarted(InstanceStarted),
     InstanceStopped(InstanceStopped),
+    /// vmfleet's addition: a VM's state, whenever it changes and on every reconnection.
+    VmState(VmReport),
+    /// vmfleet's addition: serial console bytes of an attached VM.
+    ConsoleOutput(ConsoleData),
 }
 
 /// A command the control plane emits.
@@ -230,16 +238,31 @@ pub enum BackendCommand {
     DrainNode(DrainNode),
     /// vmfleet's addition: end a drain.
     UndrainNode(UndrainNode),
+    /// vmfleet's addition: one VM operation of the REST API.
+    VmCommand(VmCommand),
+    /// vmfleet's addition: stream a VM's console (`console_output`) until detached.
+    ConsoleAttach(ConsoleRef),
+    ConsoleDetach(ConsoleRef),
+    /// vmfleet's addition: bytes typed into a VM's console.
+    ConsoleInput(ConsoleData),
 }
 
 impl AgentEvent {
-    pub const NAMES: [&'static str; 3] = ["heartbeat", "instance_started", "instance_stopped"];
+    pub const NAMES: [&'static str; 5] = [
+        "heartbeat",
+        "instance_started",
+        "instance_stopped",
+        "vm_state",
+        "console_output",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             AgentEvent::Heartbeat(_) => "heartbeat",
             AgentEvent::InstanceStarted(_) => "instance_started",
             AgentEvent::InstanceStopped(_) => "instance_stopped",
+            AgentEvent::VmState(_) => "vm_state",
+            AgentEvent::ConsoleOutput(_) => "console_output",
         }
     }
 
@@ -248,6 +271,8 @@ impl AgentEvent {
             AgentEvent::Heartbeat(p) => serde_json::to_value(p),
             AgentEvent::InstanceStarted(p) => serde_json::to_value(p),
             AgentEvent::InstanceStopped(p) => serde_json::to_value(p),
+            AgentEvent::VmState(p) => serde_json::to_value(p),
+            AgentEvent::ConsoleOutput(p) => serde_json::to_value(p),
         };
         // Serializing these types cannot fail: every map key is a string or an integer.
         v.unwrap_or(Value::Null)
@@ -257,17 +282,23 @@ impl AgentEvent {
         match classify(name, &Self::NAMES, &BackendCommand::NAMES)? {
             kind @ "heartbeat" => from_value(kind, payload).map(AgentEvent::Heartbeat),
             kind @ "instance_started" => from_value(kind, payload).map(AgentEvent::InstanceStarted),
-            kind => from_value(kind, payload).map(AgentEvent::InstanceStopped),
+            kind @ "instance_stopped" => from_value(kind, payload).map(AgentEvent::InstanceStopped),
+            kind @ "vm_state" => from_value(kind, payload).map(AgentEvent::VmState),
+            kind => from_value(kind, payload).map(AgentEvent::ConsoleOutput),
         }
     }
 }
 
 impl BackendCommand {
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 8] = [
         "start_instance",
         "stop_instance",
         "drain_node",
         "undrain_node",
+        "vm_command",
+        "console_attach",
+        "console_detach",
+        "console_input",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -276,6 +307,10 @@ impl BackendCommand {
             BackendCommand::StopInstance(_) => "stop_instance",
             BackendCommand::DrainNode(_) => "drain_node",
             BackendCommand::UndrainNode(_) => "undrain_node",
+            BackendCommand::VmCommand(_) => "vm_command",
+            BackendCommand::ConsoleAttach(_) => "console_attach",
+            BackendCommand::ConsoleDetach(_) => "console_detach",
+            BackendCommand::ConsoleInput(_) => "console_input",
         }
     }
 
@@ -285,6 +320,11 @@ impl BackendCommand {
             BackendCommand::StopInstance(p) => serde_json::to_value(p),
             BackendCommand::DrainNode(p) => serde_json::to_value(p),
             BackendCommand::UndrainNode(p) => serde_json::to_value(p),
+            BackendCommand::VmCommand(p) => serde_json::to_value(p),
+            BackendCommand::ConsoleAttach(p) | BackendCommand::ConsoleDetach(p) => {
+                serde_json::to_value(p)
+            }
+            BackendCommand::ConsoleInput(p) => serde_json::to_value(p),
         };
         // Serializing these types cannot fail: every map key is a string or an integer.
         v.unwrap_or(Value::Null)
@@ -295,7 +335,11 @@ impl BackendCommand {
             kind @ "start_instance" => from_value(kind, payload).map(BackendCommand::StartInstance),
             kind @ "stop_instance" => from_value(kind, payload).map(BackendCommand::StopInstance),
             kind @ "drain_node" => from_value(kind, payload).map(BackendCommand::DrainNode),
-            kind => from_value(kind, payload).map(BackendCommand::UndrainNode),
+            kind @ "undrain_node" => from_value(kind, payload).map(BackendCommand::UndrainNode),
+            kind @ "vm_command" => from_value(kind, payload).map(BackendCommand::VmCommand),
+            kind @ "console_attach" => from_value(kind, payload).map(BackendCommand::ConsoleAttach),
+            kind @ "console_detach" => from_value(kind, payload).map(BackendCommand::ConsoleDetach),
+            kind => from_value(kind, payload).map(BackendCommand::ConsoleInput),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod api;
 mod error;
 mod flag;
 pub mod fleet;
+mod fleet_vm;
 pub mod node;
 pub mod ws;
 
