@@ -4,9 +4,15 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 /// The agent's settings. Each flag also reads the environment variable of seed 000/001 named
-/// beside it; a flag given on the command line wins.
+/// beside it, and the config file (`--config`) may set it under that same name. A flag given
+/// on the command line wins, then the environment, then the file, then the default.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct AgentConfig {
+    /// A settings file: one `NAME=value` per line, NAME being the environment variable of a
+    /// setting (`API_URL=https://cp.example.net`); `#` starts a comment.
+    #[arg(long, env = "VMFLEET_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// URL of the control plane the agent dials out to (its `/fleet` Socket.IO namespace).
     #[arg(long, env = "API_URL", default_value = "http://127.0.0.1:8080")]
     pub api_url: String,
@@ -86,6 +92,39 @@ pub enum ConfigError {
     MissingHostKey,
     #[error("an overcommit ratio is a number from 0.1 to 16, not {0}")]
     BadOvercommit(f64),
+    #[error("line {line} of the config file is not NAME=value")]
+    BadConfigLine { line: usize },
+}
+
+/// The settings of a config file, in order: `NAME=value` lines, blank lines and `#` comments
+/// skipped, optional quotes around the value removed. Which names exist is the caller's
+/// question.
+pub fn parse_config_file(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let bad = || ConfigError::BadConfigLine { line: n + 1 };
+        let (name, value) = line.split_once('=').ok_or_else(bad)?;
+        let name = name.trim();
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_name {
+            return Err(bad());
+        }
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .unwrap_or(value);
+        out.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(out)
 }
 
 /// The scheme and host of an `http(s)://host[:port][/path]` URL.
@@ -185,6 +224,24 @@ mod tests {
             let c = parse(&["--host-api-key", "k", "--api-url", url]);
             assert!(c.validate().unwrap().is_empty(), "{url}");
         }
+    }
+
+    #[test]
+    fn config_files() {
+        let text = "# the agent\nAPI_URL=https://cp.example.net\n\n  export NODE_NAME = \"gpu box\"\nHOST_API_KEY='k=v'\n";
+        assert_eq!(
+            parse_config_file(text).unwrap(),
+            vec![
+                ("API_URL".into(), "https://cp.example.net".into()),
+                ("NODE_NAME".into(), "gpu box".into()),
+                ("HOST_API_KEY".into(), "k=v".into()),
+            ]
+        );
+        assert_eq!(
+            parse_config_file("API_URL=x\nnot a setting\n"),
+            Err(ConfigError::BadConfigLine { line: 2 })
+        );
+        assert!(parse_config_file("api_url=x").is_err());
     }
 
     #[test]

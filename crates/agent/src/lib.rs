@@ -12,4 +12,4 @@ pub mod sio;
 pub mod upstream;
 pub mod vms;
 
-pub use config::{AgentConfig, ConfigError, LogLevel};
+pub use config::{AgentConfig, ConfigError, LogLevel, parse_config_file};

@@ -20,7 +20,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vmfleet_agent::AgentConfig;
 
 pub use datadir::{DataDir, DataDirError};
@@ -96,6 +99,90 @@ pub enum CliError {
     Local(String),
     #[error("the database cannot be used")]
     Store(#[source] vmfleet_store::StoreError),
+}
+
+/// Why a command line did not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error("cannot read the config file {path}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config file {path} cannot be used")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: vmfleet_agent::ConfigError,
+    },
+    #[error("the config file {path} sets {name}, which is not a setting of the agent")]
+    UnknownSetting { path: PathBuf, name: String },
+}
+
+/// Parses the process's command line, exiting with a message when it does not parse.
+pub fn parse() -> Cli {
+    match parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ParseError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("vmfleet: {}", error_chain(&e));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Parses a command line. For `agent`, the settings of its `--config` file fill in what
+/// neither a flag nor the environment gave.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let matches = Cli::command().try_get_matches_from(&args)?;
+    let Some(("agent", given)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let Some(path) = given.get_one::<PathBuf>("config").cloned() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ParseError::ReadConfig {
+        path: path.clone(),
+        source,
+    })?;
+    let settings =
+        vmfleet_agent::parse_config_file(&text).map_err(|source| ParseError::Config {
+            path: path.clone(),
+            source,
+        })?;
+    let cli = Cli::command();
+    let agent = cli
+        .get_subcommands()
+        .find(|c| c.get_name() == "agent")
+        .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
+    for (name, value) in settings {
+        let arg = agent
+            .get_arguments()
+            .filter(|a| a.get_id() != "config")
+            .find(|a| a.get_env().is_some_and(|e| e == name.as_str()));
+        let (Some(arg), Some(long)) = (arg, arg.and_then(|a| a.get_long())) else {
+            return Err(ParseError::UnknownSetting {
+                path: path.clone(),
+                name,
+            });
+        };
+        let set_already = matches!(
+            given.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !set_already {
+            args.push(format!("--{long}={value}").into());
+        }
+    }
+    Ok(Cli::try_parse_from(args)?)
 }
 
 /// Runs a parsed command line and turns its outcome into an exit code: 0 ok, 1 failure.
@@ -248,5 +335,53 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn agent(cli: Cli) -> AgentConfig {
+        match cli.command {
+            Command::Agent(a) => a,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_agent_config_file_fills_in_what_flags_do_not_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.env");
+        std::fs::write(
+            &file,
+            "# node 7\nHOST_API_KEY=from-file\nNODE_NAME=box-7\nCPU_OVERCOMMIT=2\nLOG_LEVEL=debug\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let a =
+            agent(parse_from(["vmfleet", "agent", "--config", f, "--node-name", "flag"]).unwrap());
+        assert_eq!(a.host_api_key.as_deref(), Some("from-file"));
+        assert_eq!(
+            a.node_name.as_deref(),
+            Some("flag"),
+            "a flag wins over the file"
+        );
+        assert_eq!(a.cpu_overcommit, 2.0);
+        assert_eq!(a.log_level, vmfleet_agent::LogLevel::Debug);
+
+        std::fs::write(&file, "NOT_A_SETTING=1\n").unwrap();
+        let err = parse_from(["vmfleet", "agent", "--config", f]).unwrap_err();
+        assert!(matches!(&err, ParseError::UnknownSetting { name, .. } if name == "NOT_A_SETTING"));
+        std::fs::write(&file, "CPU_OVERCOMMIT=lots\n").unwrap();
+        assert!(matches!(
+            parse_from(["vmfleet", "agent", "--config", f]),
+            Err(ParseError::Args(_))
+        ));
+        assert!(matches!(
+            parse_from(["vmfleet", "agent", "--config", "/nonexistent/agent.env"]),
+            Err(ParseError::ReadConfig { .. })
+        ));
     }
 }
