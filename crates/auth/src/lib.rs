@@ -7,6 +7,7 @@
 
 mod jwt;
 mod secret;
+pub mod siwe;
 
 pub use jwt::{AuthError, Claims, JwtKey, Permission, Role, Subject, VerifiedToken};
 pub use secret::{SecretHash, generate_secret};

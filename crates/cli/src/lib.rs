@@ -75,6 +75,10 @@ pub struct PlaneArgs {
     /// The database: `postgres://user:pass@host/db`, or SQLite in the data dir when absent.
     #[arg(long, env = "VMFLEET_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
+    /// The host (and port) browsers reach this server by, as wallet sign-in messages name it
+    /// (`vmfleet.example.com`); repeatable. The listen address is always accepted.
+    #[arg(long, env = "VMFLEET_DOMAIN", value_delimiter = ',')]
+    pub domain: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,20 @@ pub struct PlaneOptions {
     pub token_ttl: Duration,
     /// `postgres://...`; SQLite in the data dir when `None`.
     pub database: Option<String>,
+    /// Hosts wallet sign-in messages may name, beside the listen address itself.
+    pub domains: Vec<String>,
+}
+
+/// The domains a sign-in message may name: the configured ones, the bound address, and
+/// `localhost:PORT` when it is loopback.
+pub fn sign_in_domains(configured: &[String], addr: SocketAddr) -> Vec<String> {
+    let mut domains: Vec<String> = configured.to_vec();
+    domains.push(addr.to_string());
+    if addr.ip().is_loopback() {
+        domains.push(format!("localhost:{}", addr.port()));
+    }
+    domains.dedup();
+    domains
 }
 
 impl From<&PlaneArgs> for PlaneOptions {
@@ -28,6 +42,7 @@ impl From<&PlaneArgs> for PlaneOptions {
             listen: a.listen,
             token_ttl: a.token_ttl,
             database: a.database.clone(),
+            domains: a.domain.clone(),
         }
     }
 }
@@ -79,7 +94,9 @@ impl ControlPlane {
             source,
         })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(key).with_store(store.clone(), HEARTBEAT);
+        let state = AppState::new(key)
+            .with_store(store.clone(), HEARTBEAT)
+            .with_sign_in(sign_in_domains(&opts.domains, addr), opts.token_ttl);
         let fleet = state.fleet.clone();
         let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
             let _ = stopped.await;

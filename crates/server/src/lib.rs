@@ -11,6 +11,7 @@ pub mod fleet;
 mod nodes;
 pub mod registry;
 mod routes;
+pub mod signin;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub store: Option<vmfleet_store::Store>,
     /// The `/fleet` namespace, when a node registry backs it.
     pub fleet: Option<fleet::Fleet>,
+    /// Wallet sign-in's domains and token lifetime.
+    pub sign_in: signin::SignIn,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -49,6 +52,7 @@ impl AppState {
             jwt: Arc::new(jwt),
             store: None,
             fleet: None,
+            sign_in: signin::SignIn::default(),
             sio_layer: None,
         }
     }
@@ -62,6 +66,13 @@ impl AppState {
         let registry = Arc::new(registry::StoreRegistry::new(store.clone()));
         self.store = Some(store);
         self.with_fleet(registry, heartbeat_period)
+    }
+
+    /// Accepts wallet sign-ins for `domains` (the server's host and port as browsers see them)
+    /// and issues tokens valid for `token_ttl`.
+    pub fn with_sign_in(mut self, domains: Vec<String>, token_ttl: std::time::Duration) -> Self {
+        self.sign_in = signin::SignIn { domains, token_ttl };
+        self
     }
 
     /// Serves seed 001's `/fleet` namespace (Socket.IO at `/socket.io/`) over `registry`.

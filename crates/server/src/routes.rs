@@ -13,6 +13,8 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ping", post(ping))
+        .route("/auth/nonce", get(crate::signin::nonce))
+        .route("/auth/login", post(crate::signin::login))
         .route("/nodes", post(crate::nodes::create).get(crate::nodes::list))
         .route("/nodes/{id}", axum::routing::delete(crate::nodes::remove))
         .route("/nodes/{id}/drain", post(crate::nodes::drain))
