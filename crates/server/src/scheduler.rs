@@ -469,6 +469,12 @@ impl Scheduler {
             // The agent reports before it acknowledges: what it said may be here already.
             Err(e) => match waiter.rx.try_recv() {
                 Ok(c) => c,
+                Err(_) if matches!(e, DispatchError::Fleet(FleetError::NoAck(_))) => {
+                    return Err(format!(
+                        "the node did not confirm within {} s",
+                        timeout.as_secs_f64()
+                    ));
+                }
                 Err(_) => return Err(format!("the command failed: {e}")),
             },
             Ok(()) => match tokio::time::timeout_at(deadline, &mut waiter.rx).await {
