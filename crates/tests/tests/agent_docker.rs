@@ -32,6 +32,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_ttl: Duration::from_secs(600),
         database: None,
+        scheduler: Default::default(),
     })
     .await
     .unwrap();
@@ -190,6 +191,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         listen: addr,
         token_ttl: Duration::from_secs(600),
         database: None,
+        scheduler: Default::default(),
     })
     .await
     .unwrap();

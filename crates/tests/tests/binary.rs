@@ -161,6 +161,7 @@ fn the_agent_binary_joins_a_control_plane() {
             listen: "127.0.0.1:0".parse().unwrap(),
             token_ttl: Duration::from_secs(600),
             database: None,
+            scheduler: Default::default(),
         })
         .await
         .unwrap();

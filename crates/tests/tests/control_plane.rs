@@ -18,6 +18,7 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_ttl: Duration::from_secs(3600),
         database: None,
+        scheduler: Default::default(),
     })
     .await
     .unwrap()
@@ -188,6 +189,7 @@ fn listen_conflict_is_a_clear_error() {
             listen: plane.addr(),
             token_ttl: Duration::from_secs(60),
             database: None,
+            scheduler: Default::default(),
         })
         .await
         .err()
