@@ -99,14 +99,11 @@ fn resources(req: &CreateContainerRequest) -> Result<Resources, ApiError> {
             "ramLimit must be at least 6m (what the container engine accepts)".into(),
         ));
     }
-    if let Some((port, _)) = req
-        .proxy_port_mapping
-        .iter()
-        .find(|(inner, outer)| **inner == 0 || **outer == 0)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "proxyPortMapping: port 0 is not a port (mapping of {port})"
-        )));
+    // A public port 0 lets the node pick one; a container port 0 is no port.
+    if req.proxy_port_mapping.contains_key(&0) {
+        return Err(ApiError::BadRequest(
+            "proxyPortMapping: container port 0 is not a port".into(),
+        ));
     }
     if req.duration_seconds == Some(0) {
         return Err(ApiError::BadRequest(

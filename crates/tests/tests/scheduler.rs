@@ -761,3 +761,98 @@ async fn create_requests_are_checked() {
     let (status, body) = plane.create(&plane.admin, "a", 1.0, "64m").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// The whole path with a real agent and a real container engine: `POST /containers` ->
+/// scheduler -> `start_instance` over `/fleet` -> a container in a dockerd this test runs ->
+/// `instance_started` -> running; `DELETE` -> `stop_instance` -> `instance_stopped` -> a
+/// usage record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runs_through_a_real_agent_and_is_metered() {
+    use vmfleet_hypervisor::docker::{ScratchDaemon, import_busybox};
+    const IMAGE: &str = "vmfleet-test/busybox:latest";
+    let daemon = ScratchDaemon::start()
+        .await
+        .expect("dockerd must start for this test (root, docker.io)");
+    let docker = daemon.runtime("localhost");
+    import_busybox(&docker, IMAGE).await.unwrap();
+
+    let plane = Plane::start(config(Policy::Spread, Duration::from_secs(60))).await;
+    let (node, key) = plane.node("docker-box").await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = vmfleet_agent::upstream::Upstream::new(
+        plane.base.clone(),
+        key,
+        Duration::from_millis(300),
+        Some(docker.clone()),
+        vmfleet_agent::host::HostSampler::new(dir.path()),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(async move {
+        upstream
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    wait_until("the node's capacity", || async {
+        let n = plane.store.get_node(&node).await.unwrap();
+        n.status == vmfleet_store::NodeStatus::Online && n.capacity.vcpus > 0
+    })
+    .await;
+
+    let owner = wallet(9);
+    let token = plane.wallet_token(owner);
+    let body = json!({
+        "name": "real", "image": IMAGE, "cpuCores": 0.5, "ramLimit": "64m",
+        "proxyPortMapping": {"8888": 0}, "envVars": {"GREETING": "hello"}
+    });
+    let (status, created) = plane
+        .call(reqwest::Method::POST, "/containers", &token, Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "running");
+    assert_eq!(created["node"], json!(node));
+    assert_eq!(
+        created["connectionInfo"]["sshHost"], "localhost",
+        "{created}"
+    );
+    let running = docker.list().await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].nano_cpus, 500_000_000);
+    assert_eq!(running[0].memory_bytes, 64 << 20);
+    assert_eq!(
+        running[0].rental_id.as_ref().map(|r| r.to_string()),
+        created["rentalId"].as_str().map(str::to_owned)
+    );
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let id = created["id"].as_str().unwrap();
+    let (status, body) = plane
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/containers/{id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(docker.list().await.unwrap().is_empty());
+    let (_, usage) = plane
+        .call(reqwest::Method::GET, "/usage", &token, None)
+        .await;
+    assert_eq!(usage["records"], 1, "{usage}");
+    // Billed on what was reserved: one whole vCPU and 64 MiB, for a second or more.
+    let vcpu = usage["vcpuSeconds"].as_f64().unwrap();
+    assert!(vcpu >= 1.0, "{usage}");
+    assert!(
+        (usage["memoryGibSeconds"].as_f64().unwrap() - vcpu / 16.0).abs() < 1e-6,
+        "{usage}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .unwrap()
+        .unwrap();
+    daemon.shutdown().await.unwrap();
+}
