@@ -567,15 +567,22 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let timeout = self.config.confirm_timeout;
         let mut waiter = self.confirmations.expect(rental, node);
+        // An `unknown` workload stays so while its node is asked (a stop that fails must not
+        // lose when the node was lost: that is what its rental is billed up to).
         let before = record.state;
-        self.store
-            .update_vm_state(&record.id, VmState::Stopping, None, None)
-            .await?;
+        let marks = before != VmState::Unknown;
+        if marks {
+            self.store
+                .update_vm_state(&record.id, VmState::Stopping, None, None)
+                .await?;
+        }
         let restore = |e: String| async move {
-            let _ = self
-                .store
-                .update_vm_state(&record.id, before, record.state_reason.as_deref(), None)
-                .await;
+            if marks {
+                let _ = self
+                    .store
+                    .update_vm_state(&record.id, before, record.state_reason.as_deref(), None)
+                    .await;
+            }
             e
         };
         match self.dispatch.stop(node, record, rental, timeout).await {

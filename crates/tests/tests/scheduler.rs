@@ -502,6 +502,27 @@ async fn an_offline_node_leaves_its_workloads_unknown_until_it_reports_again() {
     );
     // Its node holds its room: nothing forgotten.
     assert_eq!(plane.store.used_resources(&node).await.unwrap().vcpus, 1);
+    // It cannot be deleted while its node is out of reach (it may still run there), and
+    // trying changes nothing.
+    let lost_first = plane.store.get_vm(&vm).await.unwrap().unknown_since;
+    let (status, body) = plane
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/containers/{id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("offline"),
+        "{body}"
+    );
+    let still = plane.store.get_vm(&vm).await.unwrap();
+    assert_eq!(
+        (still.state, still.unknown_since),
+        (vmfleet_core::VmState::Unknown, lost_first)
+    );
 
     // The agent comes back and re-reports what it runs (as the real agent does on reconnect).
     let again = FakeAgent::connect(&plane.base, &key, 4, 8192, Mode::Confirm).await;
@@ -760,6 +781,61 @@ async fn create_requests_are_checked() {
     // An operator must say whose it is.
     let (status, body) = plane.create(&plane.admin, "a", 1.0, "64m").await;
     assert_eq!(status, 400, "{body}");
+    // An admin may create for any wallet; with no node at all it cannot be placed, and the
+    // owner sees why.
+    let (status, body) = plane
+        .call(
+            reqwest::Method::POST,
+            "/containers",
+            &plane.admin,
+            Some(
+                json!({"name": "theirs", "image": "busybox", "cpuCores": 0.5,
+                        "ramLimit": "64m", "owner": wallet(8)}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no ONLINE node has room for 1 vCPUs"),
+        "{body}"
+    );
+    let (status, list) = plane
+        .call(
+            reqwest::Method::GET,
+            "/containers",
+            &plane.wallet_token(wallet(8)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["name"], "theirs", "{list}");
+    assert_eq!(list[0]["state"], "error", "{list}");
+    // The name is taken until it is deleted.
+    let (status, body) = plane
+        .call(
+            reqwest::Method::POST,
+            "/containers",
+            &plane.admin,
+            Some(
+                json!({"name": "theirs", "image": "busybox", "cpuCores": 0.5,
+                        "ramLimit": "64m", "owner": wallet(8)}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let id = list[0]["id"].as_str().unwrap();
+    let (status, body) = plane
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/containers/{id}"),
+            &plane.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The whole path with a real agent and a real container engine: `POST /containers` ->
