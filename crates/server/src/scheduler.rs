@@ -194,6 +194,13 @@ pub enum DispatchError {
 /// [`FleetDispatch`]; tests may use a double.
 #[async_trait]
 pub trait Dispatch: Send + Sync + 'static {
+    /// Whether this dispatcher can run workloads of `kind` at all; the scheduler fails the
+    /// others at once, with a clear reason, instead of trying every node.
+    fn supports(&self, kind: WorkloadKind) -> bool {
+        let _ = kind;
+        true
+    }
+
     /// Tells `node` to start `vm` as rental `rental`, waiting up to `timeout` for the node to
     /// accept the command. Whether it runs is the agent's `instance_started` to say.
     async fn start(
@@ -257,6 +264,10 @@ pub fn start_instance(vm: &VmRecord, rental: &RentalId) -> Result<StartInstance,
 
 #[async_trait]
 impl Dispatch for FleetDispatch {
+    fn supports(&self, kind: WorkloadKind) -> bool {
+        kind == WorkloadKind::Container
+    }
+
     async fn start(
         &self,
         node: &NodeId,
@@ -394,6 +405,19 @@ impl Scheduler {
     /// state `error` with the reason, which the error repeats.
     pub async fn place(&self, vm: &VmId) -> Result<VmRecord, SchedulerError> {
         let record = self.store.get_vm(vm).await?;
+        if !self.dispatch.supports(record.kind) {
+            let kind = match record.kind {
+                WorkloadKind::Vm => "VM",
+                WorkloadKind::Container => "container",
+            };
+            let reason = DispatchError::Unsupported(kind).to_string();
+            self.store
+                .update_vm_state(vm, VmState::Error, Some(&reason), None)
+                .await?;
+            self.audit("vm.unplaceable", vm, json!({ "reason": reason }))
+                .await;
+            return Err(SchedulerError::Failed(reason));
+        }
         let wanted = record.resources;
         let mut tried: Vec<String> = Vec::new();
         let mut attempts = 0;
@@ -666,6 +690,76 @@ mod tests {
         assert_eq!("pack".parse::<Policy>().unwrap(), Policy::Pack);
         assert_eq!("spread".parse::<Policy>().unwrap(), Policy::Spread);
         assert!("random".parse::<Policy>().is_err());
+    }
+
+    /// Runs containers only, and confirms nothing (it is never asked to here).
+    struct ContainersOnly;
+
+    #[async_trait]
+    impl Dispatch for ContainersOnly {
+        fn supports(&self, kind: WorkloadKind) -> bool {
+            kind == WorkloadKind::Container
+        }
+        async fn start(
+            &self,
+            _: &NodeId,
+            _: &VmRecord,
+            _: &RentalId,
+            _: Duration,
+        ) -> Result<(), DispatchError> {
+            panic!("a VM was dispatched")
+        }
+        async fn stop(
+            &self,
+            _: &NodeId,
+            _: &VmRecord,
+            _: &RentalId,
+            _: Duration,
+        ) -> Result<(), DispatchError> {
+            panic!("a VM was dispatched")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vm_without_a_vm_dispatcher_fails_clearly_and_touches_no_node() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let owner = vmfleet_core::WalletAddress::from_bytes([7; 20]);
+        store
+            .upsert_user(&owner, vmfleet_auth::Role::Standard)
+            .await
+            .unwrap();
+        let node = store
+            .create_node("n", &vmfleet_auth::SecretHash::of("k"))
+            .await
+            .unwrap();
+        store.set_capacity(&node.id, free(8, 8192)).await.unwrap();
+        store
+            .set_node_status(&node.id, NodeStatus::Online)
+            .await
+            .unwrap();
+        let vm = store
+            .insert_vm(&vmfleet_store::NewVm {
+                id: VmId::generate(),
+                kind: WorkloadKind::Vm,
+                owner,
+                name: vmfleet_core::VmName::new("v").unwrap(),
+                spec: json!({}),
+                resources: free(1, 256),
+            })
+            .await
+            .unwrap();
+        let s = Scheduler::new(
+            store.clone(),
+            Arc::new(ContainersOnly),
+            Confirmations::default(),
+            SchedulerConfig::default(),
+        );
+        let e = s.place(&vm.id).await.unwrap_err();
+        assert!(matches!(e, SchedulerError::Failed(_)), "{e}");
+        assert!(e.to_string().contains("cannot run a VM"), "{e}");
+        let after = store.get_vm(&vm.id).await.unwrap();
+        assert_eq!((after.state, after.node), (VmState::Error, None));
+        assert_eq!(after.state_reason, Some(e.to_string()));
     }
 
     #[tokio::test]
