@@ -79,6 +79,14 @@ pub struct PlaneArgs {
     /// (`vmfleet.example.com`); repeatable. The listen address is always accepted.
     #[arg(long, env = "VMFLEET_DOMAIN", value_delimiter = ',')]
     pub domain: Vec<String>,
+    /// How the scheduler picks among the nodes with room: `spread` (most free room first) or
+    /// `pack` (least free room that fits first).
+    #[arg(long, default_value = "spread")]
+    pub placement: vmfleet_server::scheduler::Policy,
+    /// How long a node has to confirm a workload it was told to start before the scheduler
+    /// tries another node.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    pub confirm_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use vmfleet_auth::{Permission, Role, Subject};
 use vmfleet_core::Timestamp;
 use vmfleet_server::AppState;
+use vmfleet_server::scheduler::SchedulerConfig;
 
 use crate::{CliError, DataDir, PlaneArgs};
 
@@ -19,6 +20,8 @@ pub struct PlaneOptions {
     pub token_ttl: Duration,
     /// `postgres://...`; SQLite in the data dir when `None`.
     pub database: Option<String>,
+    /// Placement policy, confirm timeout and attempts of the scheduler.
+    pub scheduler: SchedulerConfig,
     /// Hosts wallet sign-in messages may name, beside the listen address itself.
     pub domains: Vec<String>,
 }
@@ -43,6 +46,11 @@ impl From<&PlaneArgs> for PlaneOptions {
             token_ttl: a.token_ttl,
             database: a.database.clone(),
             domains: a.domain.clone(),
+            scheduler: SchedulerConfig {
+                policy: a.placement,
+                confirm_timeout: a.confirm_timeout,
+                ..SchedulerConfig::default()
+            },
         }
     }
 }
@@ -96,7 +104,8 @@ impl ControlPlane {
         let (stop, stopped) = oneshot::channel::<()>();
         let state = AppState::new(key)
             .with_store(store.clone(), HEARTBEAT)
-            .with_sign_in(sign_in_domains(&opts.domains, addr), opts.token_ttl);
+            .with_sign_in(sign_in_domains(&opts.domains, addr), opts.token_ttl)
+            .with_scheduler_config(opts.scheduler);
         let fleet = state.fleet.clone();
         let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
             let _ = stopped.await;

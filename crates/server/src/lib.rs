@@ -5,12 +5,14 @@
 //! [`serve`] binds it to a listener.
 
 pub mod caller;
+mod containers;
 mod error;
 mod extract;
 pub mod fleet;
 mod nodes;
 pub mod registry;
 mod routes;
+pub mod scheduler;
 pub mod signin;
 
 use std::future::Future;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub fleet: Option<fleet::Fleet>,
     /// Wallet sign-in's domains and token lifetime.
     pub sign_in: signin::SignIn,
+    /// Places workloads on nodes, when there is a database and a `/fleet` namespace.
+    pub scheduler: Option<scheduler::Scheduler>,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -42,6 +46,7 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("fleet", &self.fleet.is_some())
+            .field("scheduler", &self.scheduler.as_ref().map(|s| s.config()))
             .finish_non_exhaustive()
     }
 }
@@ -53,19 +58,49 @@ impl AppState {
             store: None,
             fleet: None,
             sign_in: signin::SignIn::default(),
+            scheduler: None,
             sio_layer: None,
         }
     }
 
-    /// Keeps users, nodes and VMs in `store`, and serves `/fleet` over it.
+    /// Keeps users, nodes and VMs in `store`, serves `/fleet` over it, and schedules
+    /// workloads on its nodes (default [`scheduler::SchedulerConfig`]; see
+    /// [`AppState::with_scheduler_config`]).
     pub fn with_store(
         mut self,
         store: vmfleet_store::Store,
         heartbeat_period: std::time::Duration,
     ) -> Self {
-        let registry = Arc::new(registry::StoreRegistry::new(store.clone()));
-        self.store = Some(store);
-        self.with_fleet(registry, heartbeat_period)
+        let confirmations = scheduler::Confirmations::default();
+        let registry = Arc::new(registry::StoreRegistry::new(
+            store.clone(),
+            confirmations.clone(),
+        ));
+        self.store = Some(store.clone());
+        let mut state = self.with_fleet(registry, heartbeat_period);
+        if let Some(fleet) = state.fleet.clone() {
+            state.scheduler = Some(scheduler::Scheduler::new(
+                store,
+                Arc::new(scheduler::FleetDispatch::new(fleet)),
+                confirmations,
+                scheduler::SchedulerConfig::default(),
+            ));
+        }
+        state
+    }
+
+    /// Places workloads under `config` (policy, confirm timeout, attempts). Call it after
+    /// [`AppState::with_store`].
+    pub fn with_scheduler_config(mut self, config: scheduler::SchedulerConfig) -> Self {
+        self.scheduler = self.scheduler.map(|s| s.with_config(config));
+        self
+    }
+
+    /// Tells nodes through `dispatch` instead of `/fleet` (a test double). Call it after
+    /// [`AppState::with_store`].
+    pub fn with_dispatch(mut self, dispatch: Arc<dyn scheduler::Dispatch>) -> Self {
+        self.scheduler = self.scheduler.map(|s| s.with_dispatch(dispatch));
+        self
     }
 
     /// Accepts wallet sign-ins for `domains` (the server's host and port as browsers see them)

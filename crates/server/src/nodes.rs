@@ -16,7 +16,7 @@ use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::extract::Body;
 
-fn store(state: &AppState) -> Result<&vmfleet_store::Store, ApiError> {
+pub(crate) fn store(state: &AppState) -> Result<&vmfleet_store::Store, ApiError> {
     state
         .store
         .as_ref()

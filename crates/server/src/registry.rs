@@ -1,38 +1,122 @@
 //! The `/fleet` namespace's [`NodeRegistry`] over the database.
+//!
+//! Besides nodes' status and heartbeats it keeps workloads in step with what their agents
+//! report. An event names a rental; the workload whose current run is that rental
+//! ([`Store::vm_by_rental`]) is the one it is about, and only if it is placed on the node that
+//! reports (another node's event is refused and touches nothing):
+//! - `instance_started`: the workload is `running` (from `booting`, or from `unknown` when
+//!   an agent re-reports after an outage), with its container and connection info; its
+//!   rental starts, once (a repeated event starts nothing).
+//! - `instance_stopped`: `stopped` (reason `requested` or `timeout`) or `error` (with the
+//!   agent's message); its open rental ends, writing the usage record, once. A refused start
+//!   that the scheduler waits on is the scheduler's to handle (it tries another node).
+//! - a node going offline: its workloads with a process (`running`, `booting`, `paused`,
+//!   `stopping`) become `unknown`; their rentals stay open. Billing while unknown: if the
+//!   agent later reports the workload still running, the rental simply goes on (it ran all
+//!   along); if it reports it ended, the rental ends at the moment the node went offline
+//!   (its last heartbeat), so an outage is never billed for a workload that died in it.
+
+use std::net::IpAddr;
 
 use async_trait::async_trait;
 use serde_json::json;
 use vmfleet_auth::SecretHash;
-use vmfleet_core::{NodeId, Timestamp};
-use vmfleet_store::{Actor, AuditTarget, NodeStatus, Store, StoreError};
-use vmfleet_wire::fleet::{self, Heartbeat, InstanceStarted, InstanceStopped, VmReport};
+use vmfleet_core::{NodeId, Timestamp, VmState};
+use vmfleet_store::{Actor, AuditTarget, NodeStatus, Store, StoreError, VmRecord};
+use vmfleet_wire::fleet::{
+    self, Heartbeat, InstanceStarted, InstanceStopped, StopReason, VmReport,
+};
 
 use crate::fleet::NodeRegistry;
+use crate::scheduler::{Confirmation, Confirmations};
 
 /// Nodes as the database knows them: host keys checked against their stored hashes, status
-/// following the connection, heartbeats and instance events recorded.
+/// following the connection, heartbeats recorded, and workloads and rentals following the
+/// agents' instance events.
 pub struct StoreRegistry {
     store: Store,
+    confirmations: Confirmations,
 }
 
 impl StoreRegistry {
-    pub fn new(store: Store) -> Self {
-        StoreRegistry { store }
+    pub fn new(store: Store, confirmations: Confirmations) -> Self {
+        StoreRegistry {
+            store,
+            confirmations,
+        }
+    }
+
+    async fn audit(
+        &self,
+        actor: Actor,
+        action: &str,
+        target: AuditTarget,
+        detail: serde_json::Value,
+    ) {
+        if let Err(e) = self
+            .store
+            .append_audit(&actor, action, &target, &detail)
+            .await
+        {
+            tracing::error!(error = %e, action, "cannot append to the audit log");
+        }
     }
 
     async fn status(&self, node: &NodeId, status: NodeStatus) {
         if let Err(e) = self.store.set_node_status(node, status).await {
             tracing::error!(%node, error = %e, "cannot record the node's status");
         }
-        let _ = self
+        self.audit(
+            Actor::System,
+            "node_status",
+            AuditTarget::Node(node.clone()),
+            json!({ "status": status.as_str() }),
+        )
+        .await;
+    }
+
+    /// The workload of `rental`, if it is placed on `node`.
+    async fn workload(
+        &self,
+        node: &NodeId,
+        rental: &vmfleet_core::RentalId,
+    ) -> Result<VmRecord, String> {
+        let vm = self
             .store
-            .append_audit(
-                &Actor::System,
-                "node_status",
-                &AuditTarget::Node(node.clone()),
-                &json!({ "status": status.as_str() }),
-            )
-            .await;
+            .vm_by_rental(rental)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("rental {rental} is not a current run of any workload"))?;
+        if vm.node.as_ref() != Some(node) {
+            return Err(format!("rental {rental} does not run on node {node}"));
+        }
+        Ok(vm)
+    }
+
+    async fn set_state(
+        &self,
+        vm: &VmRecord,
+        state: VmState,
+        reason: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), String> {
+        if vm.state == state && vm.state_reason.as_deref() == reason {
+            return Ok(());
+        }
+        match self.store.update_vm_state(&vm.id, state, reason, ip).await {
+            Ok(_) => {}
+            // Deleted meanwhile: nothing left to show.
+            Err(StoreError::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+        self.audit(
+            Actor::System,
+            "vm.state",
+            AuditTarget::Vm(vm.id.clone()),
+            json!({ "from": vm.state.as_str(), "to": state.as_str(), "reason": reason }),
+        )
+        .await;
+        Ok(())
     }
 }
 
@@ -63,6 +147,32 @@ impl NodeRegistry for StoreRegistry {
 
     async fn node_offline(&self, node: &NodeId) {
         self.status(node, NodeStatus::Offline).await;
+        let since = match self.store.get_node(node).await {
+            Ok(n) => n.last_heartbeat.unwrap_or_else(Timestamp::now),
+            Err(_) => Timestamp::now(),
+        };
+        self.confirmations
+            .node_lost(node, &format!("node {node} went offline"));
+        let reason = format!(
+            "node {node} went offline (last heard from at {since}); \
+             the state is unknown until its agent reports again"
+        );
+        match self.store.mark_node_unknown(node, &since, &reason).await {
+            Ok(lost) => {
+                for vm in lost {
+                    self.audit(
+                        Actor::System,
+                        "vm.state",
+                        AuditTarget::Vm(vm.id.clone()),
+                        json!({ "to": "unknown", "reason": reason }),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(%node, error = %e, "cannot mark the node's workloads unknown")
+            }
+        }
     }
 
     async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String> {
@@ -88,30 +198,114 @@ impl NodeRegistry for StoreRegistry {
 
     async fn instance_started(&self, node: &NodeId, ev: &InstanceStarted) -> Result<(), String> {
         let detail = serde_json::to_value(ev).map_err(|e| e.to_string())?;
+        self.audit(
+            Actor::Node(node.clone()),
+            "instance_started",
+            AuditTarget::Rental(ev.rental_id.clone()),
+            detail,
+        )
+        .await;
+        let vm = self.workload(node, &ev.rental_id).await?;
+        if vm.state == VmState::Deleted {
+            return Err(format!(
+                "the workload of rental {} is deleted",
+                ev.rental_id
+            ));
+        }
+        match self.store.get_rental(&ev.rental_id).await {
+            Ok(r) if r.ended_at.is_some() => {
+                return Err(format!("rental {} has already ended", ev.rental_id));
+            }
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => {
+                match self
+                    .store
+                    .start_rental(&ev.rental_id, &vm.id, &Timestamp::now())
+                    .await
+                {
+                    // Conflict: a concurrent report of the same start got there first.
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let info = serde_json::to_value(&ev.connection_info).map_err(|e| e.to_string())?;
         self.store
-            .append_audit(
-                &Actor::Node(node.clone()),
-                "instance_started",
-                &AuditTarget::Rental(ev.rental_id.clone()),
-                &detail,
+            .set_instance(
+                &vm.id,
+                Some(&ev.rental_id),
+                Some(&ev.container_id),
+                Some(&info),
             )
             .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // A stop or a pause in flight is not undone by a re-report.
+        if matches!(
+            vm.state,
+            VmState::Booting | VmState::Unknown | VmState::Created | VmState::Running
+        ) {
+            let ip = ev.connection_info.ssh_host.parse::<IpAddr>().ok();
+            self.set_state(&vm, VmState::Running, None, ip).await?;
+        }
+        self.confirmations
+            .resolve(&ev.rental_id, node, Confirmation::Started);
+        Ok(())
     }
 
     async fn instance_stopped(&self, node: &NodeId, ev: &InstanceStopped) -> Result<(), String> {
         let detail = serde_json::to_value(ev).map_err(|e| e.to_string())?;
-        self.store
-            .append_audit(
-                &Actor::Node(node.clone()),
-                "instance_stopped",
-                &AuditTarget::Rental(ev.rental_id.clone()),
-                &detail,
-            )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        self.audit(
+            Actor::Node(node.clone()),
+            "instance_stopped",
+            AuditTarget::Rental(ev.rental_id.clone()),
+            detail,
+        )
+        .await;
+        let vm = self.workload(node, &ev.rental_id).await?;
+        let waited = self.confirmations.resolve(
+            &ev.rental_id,
+            node,
+            Confirmation::Stopped {
+                reason: ev.reason,
+                message: ev.error_message.clone(),
+            },
+        );
+        if waited && vm.state == VmState::Booting {
+            // A refused start: the scheduler tries another node.
+            return Ok(());
+        }
+        match self.store.get_rental(&ev.rental_id).await {
+            Ok(r) if r.ended_at.is_none() => {
+                // Ended while its node was out of reach: billed up to when the node was lost.
+                let at = vm.unknown_since.clone().unwrap_or_else(Timestamp::now);
+                match self.store.end_rental(&ev.rental_id, &at).await {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if vm.state == VmState::Deleted {
+            return Ok(());
+        }
+        let (state, reason) = match ev.reason {
+            StopReason::Requested => (VmState::Stopped, None),
+            StopReason::Timeout => (
+                VmState::Stopped,
+                Some("the rental's time ran out".to_owned()),
+            ),
+            StopReason::Error => (
+                VmState::Error,
+                Some(
+                    ev.error_message
+                        .clone()
+                        .unwrap_or_else(|| "the node reported an error".to_owned()),
+                ),
+            ),
+        };
+        self.set_state(&vm, state, reason.as_deref(), None).await
     }
 
     async fn vm_state(&self, node: &NodeId, report: &VmReport) -> Result<(), String> {

@@ -19,6 +19,15 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/nodes/{id}", axum::routing::delete(crate::nodes::remove))
         .route("/nodes/{id}/drain", post(crate::nodes::drain))
         .route("/nodes/{id}/undrain", post(crate::nodes::undrain))
+        .route(
+            "/containers",
+            post(crate::containers::create).get(crate::containers::list),
+        )
+        .route(
+            "/containers/{id}",
+            get(crate::containers::get).delete(crate::containers::remove),
+        )
+        .route("/usage", get(crate::containers::usage))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
 }

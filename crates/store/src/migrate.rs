@@ -18,17 +18,31 @@ use crate::Backend;
 type Version = (i64, &'static str, &'static str);
 type Resolved = Result<Vec<Migration>, BoxDynError>;
 
-const SQLITE: &[Version] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
+const SQLITE: &[Version] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "instances",
+        include_str!("../migrations/sqlite/0002_instances.sql"),
+    ),
+];
 
-const POSTGRES: &[Version] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)];
+const POSTGRES: &[Version] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "instances",
+        include_str!("../migrations/postgres/0002_instances.sql"),
+    ),
+];
 
 /// The embedded migrations of one dialect.
 #[derive(Debug)]

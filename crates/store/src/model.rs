@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use vmfleet_auth::Role;
 use vmfleet_core::{
-    NodeId, RentalId, Timestamp, VmId, VmName, VmResources, VmState, WalletAddress,
+    ContainerId, NodeId, RentalId, Timestamp, VmId, VmName, VmResources, VmState, WalletAddress,
 };
 
 use crate::error::StoreError;
@@ -173,6 +173,17 @@ pub struct VmRecord {
     /// Why it is in its state, when that needs saying (an `error`'s cause).
     pub state_reason: Option<String>,
     pub ip: Option<IpAddr>,
+    /// The rental of its current (or latest) run on its node: set by the scheduler before it
+    /// dispatches the workload, so the agent's events find it ([`Store::vm_by_rental`]).
+    ///
+    /// [`Store::vm_by_rental`]: crate::Store::vm_by_rental
+    pub rental: Option<RentalId>,
+    /// The container the agent runs it in, as `instance_started` reported it.
+    pub container: Option<ContainerId>,
+    /// How to reach it (seed 001 `connectionInfo`), as `instance_started` reported it.
+    pub connection_info: Option<serde_json::Value>,
+    /// When its node went offline, while its state is `unknown`.
+    pub unknown_since: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub deleted_at: Option<Timestamp>,

@@ -9,17 +9,20 @@
 use std::net::IpAddr;
 
 use sqlx::any::AnyRow;
-use vmfleet_core::{NodeId, VmId, VmName, VmState, WalletAddress};
+use vmfleet_core::{
+    ContainerId, NodeId, RentalId, Timestamp, VmId, VmName, VmState, WalletAddress,
+};
 
 use crate::error::{StoreError, is_foreign_key_violation, is_unique_violation, not_found};
 use crate::model::parse_state;
 use crate::row::{
-    json, opt_parsed, opt_text, opt_time, parsed, resource_values, resources, text, time,
+    json, opt_json, opt_parsed, opt_text, opt_time, parsed, resource_values, resources, text, time,
 };
 use crate::{NewVm, NodeStatus, Resources, Result, Store, VmRecord, now_millis};
 
 const COLS: &str = "id, kind, owner, name, node_id, spec, vcpus, memory_mib, disk_gib, gpus, \
-                    state, state_reason, ip, created_at, updated_at, deleted_at";
+                    state, state_reason, ip, rental_id, container_id, connection_info, \
+                    unknown_since, created_at, updated_at, deleted_at";
 
 fn vm(row: &AnyRow) -> Result<VmRecord> {
     Ok(VmRecord {
@@ -33,6 +36,10 @@ fn vm(row: &AnyRow) -> Result<VmRecord> {
         state: parse_state(&text(row, "state")?)?,
         state_reason: opt_text(row, "state_reason")?,
         ip: opt_parsed::<IpAddr>(row, "ip")?,
+        rental: opt_parsed(row, "rental_id")?,
+        container: opt_parsed(row, "container_id")?,
+        connection_info: opt_json(row, "connection_info")?,
+        unknown_since: opt_time(row, "unknown_since")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         deleted_at: opt_time(row, "deleted_at")?,
@@ -148,7 +155,8 @@ impl Store {
     }
 
     /// Records a VM's new state. `reason` replaces the previous one (`None` clears it); `ip`
-    /// is recorded when given and otherwise kept (an address outlives a stop). Moving to
+    /// is recorded when given and otherwise kept (an address outlives a stop). Entering
+    /// `unknown` records when (unless already unknown); leaving it forgets that. Moving to
     /// `deleted` is [`Store::delete_vm`]'s; a deleted VM's state never changes again
     /// ([`StoreError::Conflict`]). Whether the transition is allowed is the state machine's
     /// question (`VmState::begin`), asked before calling this.
@@ -164,7 +172,9 @@ impl Store {
             return self.get_vm(id).await;
         }
         let row = sqlx::query(&format!(
-            "UPDATE vms SET state = $2, state_reason = $3, ip = COALESCE($4, ip), updated_at = $5
+            "UPDATE vms SET state = $2, state_reason = $3, ip = COALESCE($4, ip), updated_at = $5,
+                unknown_since = CASE WHEN $2 = 'unknown' THEN COALESCE(unknown_since, $5)
+                                     ELSE NULL END
              WHERE id = $1 AND state <> 'deleted' RETURNING {COLS}"
         ))
         .bind(id.as_str())
@@ -178,6 +188,77 @@ impl Store {
             Some(row) => vm(&row),
             None => Err(self.refusal_for_deleted(id).await),
         }
+    }
+
+    /// Records the workload's current run: its rental (set by the scheduler before it
+    /// dispatches the workload; `None` when a placement is undone), and the container and
+    /// connection info its agent reported. Each value replaces the stored one. A rental id
+    /// belongs to one workload at most ([`StoreError::Conflict`] otherwise).
+    pub async fn set_instance(
+        &self,
+        id: &VmId,
+        rental: Option<&RentalId>,
+        container: Option<&ContainerId>,
+        connection_info: Option<&serde_json::Value>,
+    ) -> Result<VmRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE vms SET rental_id = $2, container_id = $3, connection_info = $4,
+                            updated_at = $5
+             WHERE id = $1 AND state <> 'deleted' RETURNING {COLS}"
+        ))
+        .bind(id.as_str())
+        .bind(rental.map(RentalId::as_str))
+        .bind(container.map(ContainerId::as_str))
+        .bind(connection_info.map(serde_json::Value::to_string))
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await;
+        match row {
+            Ok(Some(row)) => vm(&row),
+            Ok(None) => Err(self.refusal_for_deleted(id).await),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "rental {} already belongs to another VM",
+                rental.map(RentalId::as_str).unwrap_or_default()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The workload (deleted ones included) whose current run is rental `rental`, if any.
+    pub async fn vm_by_rental(&self, rental: &RentalId) -> Result<Option<VmRecord>> {
+        sqlx::query(&format!("SELECT {COLS} FROM vms WHERE rental_id = $1"))
+            .bind(rental.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(vm)
+            .transpose()
+    }
+
+    /// A node went offline: every live workload on it whose state has a process behind it
+    /// (`running`, `booting`, `paused`, `stopping`) becomes `unknown`, with `reason`, and
+    /// remembers `since`. Returns them. Nothing else changes: placements and rentals stay.
+    pub async fn mark_node_unknown(
+        &self,
+        node: &NodeId,
+        since: &Timestamp,
+        reason: &str,
+    ) -> Result<Vec<VmRecord>> {
+        sqlx::query(&format!(
+            "UPDATE vms SET state = 'unknown', state_reason = $2, unknown_since = $3,
+                            updated_at = $4
+             WHERE node_id = $1 AND state IN ('running', 'booting', 'paused', 'stopping')
+             RETURNING {COLS}"
+        ))
+        .bind(node.as_str())
+        .bind(reason)
+        .bind(since.unix_millis())
+        .bind(now_millis())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(vm)
+        .collect()
     }
 
     /// Places (or with `None` unplaces) a VM without looking at capacity: for recording facts,

@@ -33,6 +33,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         token_ttl: Duration::from_secs(600),
         database: None,
         domains: Vec::new(),
+        scheduler: Default::default(),
     })
     .await
     .unwrap();
@@ -192,6 +193,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         token_ttl: Duration::from_secs(600),
         database: None,
         domains: Vec::new(),
+        scheduler: Default::default(),
     })
     .await
     .unwrap();

@@ -162,6 +162,7 @@ fn the_agent_binary_joins_a_control_plane() {
             token_ttl: Duration::from_secs(600),
             database: None,
             domains: Vec::new(),
+            scheduler: Default::default(),
         })
         .await
         .unwrap();

@@ -19,6 +19,7 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
         token_ttl: Duration::from_secs(3600),
         database: None,
         domains: Vec::new(),
+        scheduler: Default::default(),
     })
     .await
     .unwrap()
@@ -190,6 +191,7 @@ fn listen_conflict_is_a_clear_error() {
             token_ttl: Duration::from_secs(60),
             database: None,
             domains: Vec::new(),
+            scheduler: Default::default(),
         })
         .await
         .err()

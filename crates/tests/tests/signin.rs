@@ -48,6 +48,7 @@ async fn a_wallet_signs_in_once_per_nonce() {
         token_ttl: Duration::from_secs(3600),
         database: None,
         domains: vec!["vmfleet.example".into()],
+        scheduler: Default::default(),
     })
     .await
     .unwrap();

@@ -8,10 +8,12 @@
 //! | [`fleet`] | 001, agent <-> control plane | Socket.IO namespace `/fleet` |
 //! | [`api`] | 002, VM REST API (+ CONTRACT's sign-in and nodes) | HTTP |
 //! | [`ws`] | 003/004, real-time VM API | WebSocket `/ws/vms/{name}` |
+//! | [`containers`] | vmfleet's container rentals and usage | HTTP |
 //!
 //! Decoders return [`DecodeError`] and never panic.
 
 pub mod api;
+pub mod containers;
 mod error;
 mod flag;
 pub mod fleet;

@@ -5,6 +5,7 @@
 mod common;
 
 mod audit;
+mod instances;
 mod nodes;
 mod rentals;
 mod scheduler;
