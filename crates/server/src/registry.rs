@@ -318,30 +318,109 @@ impl NodeRegistry for StoreRegistry {
         if vm.node.as_ref() != Some(node) {
             return Err(format!("VM {} is not placed on this node", report.vm_id));
         }
+        if vm.state == VmState::Deleted {
+            return Ok(());
+        }
+        // A VM's run is a rental: it starts when the guest runs and ends when it stops. Who
+        // waits on the run hears of it once the state is recorded.
+        let confirm = if report.state == VmState::Running {
+            self.vm_running(&vm)
+                .await?
+                .map(|rental| (rental, Confirmation::Started))
+        } else if matches!(report.state, VmState::Stopped | VmState::Error) {
+            self.vm_ended(&vm, report).await?
+        } else {
+            None
+        };
         let unchanged = vm.state == report.state
             && vm.state_reason == report.reason
             && (report.ip_address.is_none() || vm.ip == report.ip_address);
-        if unchanged {
-            return Ok(());
-        }
-        self.store
-            .update_vm_state(
-                &report.vm_id,
+        if !unchanged {
+            self.set_state(
+                &vm,
                 report.state,
                 report.reason.as_deref(),
                 report.ip_address,
             )
+            .await?;
+        }
+        if let Some((rental, what)) = confirm {
+            self.confirmations.resolve(&rental, node, what);
+        }
+        Ok(())
+    }
+}
+
+impl StoreRegistry {
+    /// A VM runs: its run has an open rental (the scheduler's rental id for a first boot, a
+    /// new one for a later start). Returns the run's rental, for whoever waits on it.
+    async fn vm_running(&self, vm: &VmRecord) -> Result<Option<vmfleet_core::RentalId>, String> {
+        let open = self
+            .store
+            .open_rental(&vm.id)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = self
+        if let Some(r) = open {
+            return Ok(Some(r.id));
+        }
+        let fresh = match &vm.rental {
+            Some(id)
+                if matches!(
+                    self.store.get_rental(id).await,
+                    Err(StoreError::NotFound { .. })
+                ) =>
+            {
+                id.clone()
+            }
+            _ => vmfleet_core::RentalId::generate(),
+        };
+        self.store
+            .set_instance(&vm.id, Some(&fresh), None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        match self
             .store
-            .append_audit(
-                &Actor::Node(node.clone()),
-                "vm_state",
-                &AuditTarget::Vm(report.vm_id.clone()),
-                &json!({ "state": report.state.as_str(), "reason": report.reason }),
-            )
-            .await;
-        Ok(())
+            .start_rental(&fresh, &vm.id, &Timestamp::now())
+            .await
+        {
+            // Conflict: a concurrent report of the same run got there first.
+            Ok(_) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(Some(fresh))
+    }
+
+    /// A VM has no guest any more (stopped or failed): its open rental ends (at the moment
+    /// its node was lost, if it ended out of sight). Returns what to tell whoever waits on its
+    /// run.
+    async fn vm_ended(
+        &self,
+        vm: &VmRecord,
+        report: &VmReport,
+    ) -> Result<Option<(vmfleet_core::RentalId, Confirmation)>, String> {
+        let confirm = vm.rental.clone().map(|rental| {
+            let reason = match report.state {
+                VmState::Error => StopReason::Error,
+                _ => StopReason::Requested,
+            };
+            let what = Confirmation::Stopped {
+                reason,
+                message: report.reason.clone(),
+            };
+            (rental, what)
+        });
+        if let Some(open) = self
+            .store
+            .open_rental(&vm.id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let at = vm.unknown_since.clone().unwrap_or_else(Timestamp::now);
+            match self.store.end_rental(&open.id, &at).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(confirm)
     }
 }

@@ -23,13 +23,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::oneshot;
-use vmfleet_core::{NodeId, RentalId, Timestamp, VmId, VmState};
+use vmfleet_core::{NodeId, RentalId, RequestId, Timestamp, VmId, VmState};
 use vmfleet_store::{
     Actor, AuditTarget, NodeStatus, Resources, Store, StoreError, VmRecord, WorkloadKind,
 };
 use vmfleet_wire::containers::ContainerSpec;
 use vmfleet_wire::fleet::{
-    BackendCommand, ResourceLimits, StartInstance, StopInstance, StopReason,
+    BackendCommand, CreateVmSpec, ResourceLimits, StartInstance, StopInstance, StopReason,
+    VmCommand, VmCommandReply, VmErrorCode, VmOperation,
 };
 
 use crate::fleet::{Fleet, FleetError};
@@ -188,6 +189,9 @@ pub enum DispatchError {
     /// A stop needs what the node reported when it started the workload.
     #[error("the node never reported a container for this workload")]
     NoContainer,
+    /// The node answered the command with a refusal.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How the control plane tells a node's agent to start or stop a workload. The real one is
@@ -219,11 +223,24 @@ pub trait Dispatch: Send + Sync + 'static {
         rental: &RentalId,
         timeout: Duration,
     ) -> Result<(), DispatchError>;
+
+    /// Tells `node` to drop what it keeps of the stopped `vm` (a VM's disk and definition);
+    /// nothing by default: a stopped container leaves nothing behind.
+    async fn forget(
+        &self,
+        node: &NodeId,
+        vm: &VmRecord,
+        timeout: Duration,
+    ) -> Result<(), DispatchError> {
+        let _ = (node, vm, timeout);
+        Ok(())
+    }
 }
 
 /// [`Dispatch`] over the `/fleet` namespace: containers as seed 001's `start_instance` and
-/// `stop_instance`. VMs are refused ([`DispatchError::Unsupported`]) until `/fleet` carries VM
-/// commands: that is where a VM dispatcher plugs in (`vm` is the whole record, spec included).
+/// `stop_instance`; VMs as `vm_command` create (and boot), stop and delete. A VM's spec is
+/// stored as the [`CreateVmSpec`] its node receives; the run's rental id is the create's
+/// request id, so a resent placement never boots a second guest.
 #[derive(Clone)]
 pub struct FleetDispatch {
     fleet: Fleet,
@@ -264,10 +281,6 @@ pub fn start_instance(vm: &VmRecord, rental: &RentalId) -> Result<StartInstance,
 
 #[async_trait]
 impl Dispatch for FleetDispatch {
-    fn supports(&self, kind: WorkloadKind) -> bool {
-        kind == WorkloadKind::Container
-    }
-
     async fn start(
         &self,
         node: &NodeId,
@@ -275,12 +288,42 @@ impl Dispatch for FleetDispatch {
         rental: &RentalId,
         timeout: Duration,
     ) -> Result<(), DispatchError> {
-        let cmd = match vm.kind {
-            WorkloadKind::Container => BackendCommand::StartInstance(start_instance(vm, rental)?),
-            WorkloadKind::Vm => return Err(DispatchError::Unsupported("VM")),
-        };
-        self.fleet.send(node, &cmd, timeout).await?;
-        Ok(())
+        match vm.kind {
+            WorkloadKind::Container => {
+                let cmd = BackendCommand::StartInstance(start_instance(vm, rental)?);
+                self.fleet.send(node, &cmd, timeout).await?;
+                Ok(())
+            }
+            WorkloadKind::Vm => {
+                let mut spec: CreateVmSpec = serde_json::from_value(vm.spec.clone())
+                    .map_err(|e| DispatchError::BadSpec(e.to_string()))?;
+                spec.boot = true;
+                let request_id = RequestId::new(rental.as_str())
+                    .map_err(|e| DispatchError::BadSpec(e.to_string()))?;
+                self.vm_command(node, vm, request_id, VmOperation::Create(spec), timeout)
+                    .await
+            }
+        }
+    }
+
+    async fn forget(
+        &self,
+        node: &NodeId,
+        vm: &VmRecord,
+        timeout: Duration,
+    ) -> Result<(), DispatchError> {
+        if vm.kind != WorkloadKind::Vm {
+            return Ok(());
+        }
+        let op = VmOperation::Delete;
+        match self
+            .vm_command(node, vm, RequestId::generate(), op, timeout)
+            .await
+        {
+            // Already gone from the node: nothing to forget.
+            Err(DispatchError::Refused(m)) if m.starts_with("not found: ") => Ok(()),
+            other => other,
+        }
     }
 
     async fn stop(
@@ -291,7 +334,13 @@ impl Dispatch for FleetDispatch {
         timeout: Duration,
     ) -> Result<(), DispatchError> {
         if vm.kind == WorkloadKind::Vm {
-            return Err(DispatchError::Unsupported("VM"));
+            let op = VmOperation::Stop {
+                force: false,
+                timeout_seconds: u32::try_from(timeout.as_secs() / 2).unwrap_or(u32::MAX),
+            };
+            return self
+                .vm_command(node, vm, RequestId::generate(), op, timeout)
+                .await;
         }
         let container = vm.container.clone().ok_or(DispatchError::NoContainer)?;
         let graceful_secs = u32::try_from(timeout.as_secs() / 2).unwrap_or(u32::MAX);
@@ -303,6 +352,35 @@ impl Dispatch for FleetDispatch {
         });
         self.fleet.send(node, &cmd, timeout).await?;
         Ok(())
+    }
+}
+
+impl FleetDispatch {
+    /// Runs a VM operation on `node`; a refusal is [`DispatchError::Refused`] with the node's
+    /// reason (`not found: ...` when the node has no such VM).
+    async fn vm_command(
+        &self,
+        node: &NodeId,
+        vm: &VmRecord,
+        request_id: RequestId,
+        op: VmOperation,
+        timeout: Duration,
+    ) -> Result<(), DispatchError> {
+        let cmd = VmCommand {
+            request_id,
+            vm_id: vm.id.clone(),
+            op,
+        };
+        match self.fleet.vm_command(node, cmd, timeout).await? {
+            VmCommandReply { success: true, .. } => Ok(()),
+            VmCommandReply { code, message, .. } => {
+                let message = message.unwrap_or_else(|| "no reason given".into());
+                Err(DispatchError::Refused(match code {
+                    Some(VmErrorCode::NotFound) => format!("not found: {message}"),
+                    _ => message,
+                }))
+            }
+        }
     }
 }
 
@@ -562,7 +640,7 @@ impl Scheduler {
                 | VmState::Unknown
         );
         if let (true, Some(node), Some(rental)) = (live, &record.node, &record.rental) {
-            if record.container.is_some() {
+            if record.container.is_some() || record.kind == WorkloadKind::Vm {
                 self.stop_on(node, &record, rental).await?;
             } else if record.state == VmState::Unknown {
                 return Err(SchedulerError::Unreachable(format!(
@@ -570,6 +648,17 @@ impl Scheduler {
                     record.id
                 )));
             }
+        }
+        if let (WorkloadKind::Vm, Some(node)) = (record.kind, &record.node) {
+            self.dispatch
+                .forget(node, &record, self.config.confirm_timeout)
+                .await
+                .map_err(|e| {
+                    SchedulerError::Unreachable(format!(
+                        "node {node} did not delete {}: {e}",
+                        record.id
+                    ))
+                })?;
         }
         if let Some(open) = self.store.open_rental(vm).await? {
             let at = record.unknown_since.clone().unwrap_or_else(Timestamp::now);

@@ -209,3 +209,128 @@ async fn vm_operations_and_the_console_travel_over_fleet() {
     );
     agent.abort();
 }
+
+/// The real control plane (store, `/fleet`, scheduler) and a real agent: a VM is placed on
+/// the node, boots, runs as a rental, is re-reported after the agent loses the control plane,
+/// and is metered when removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_boots_a_vm_through_a_real_agent_and_meters_it() {
+    use vmfleet_store::{NewVm, Resources, Store, WorkloadKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = KillOnDrop(dir.path().to_owned());
+    let url = vmfleet_store::sqlite_url(&dir.path().join("vmfleet.db")).unwrap();
+    let store = Store::open(&url).await.unwrap();
+    let state = vmfleet_server::AppState::new(vmfleet_auth::JwtKey::generate())
+        .with_store(store.clone(), Duration::from_secs(5))
+        .with_scheduler_config(vmfleet_server::scheduler::SchedulerConfig {
+            confirm_timeout: Duration::from_secs(10),
+            ..Default::default()
+        });
+    let scheduler = state.scheduler.clone().unwrap();
+    let fleet = state.fleet.clone().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(vmfleet_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    let key = "key-of-the-vm-box";
+    let node = store
+        .create_node("vm-box", &vmfleet_auth::SecretHash::of(key))
+        .await
+        .unwrap()
+        .id;
+
+    let vmm: Arc<dyn Hypervisor> = Arc::new(
+        Vmm::new(
+            Arc::new(QemuBackend::new(QemuConfig {
+                accel: Accel::Tcg,
+                ..QemuConfig::default()
+            })),
+            guest_catalog(&dir.path().join("images")),
+            dir.path().join("vms"),
+        )
+        .unwrap(),
+    );
+    let upstream = Upstream::new(
+        base,
+        key,
+        Duration::from_secs(1),
+        None,
+        HostSampler::new(dir.path()),
+    )
+    .with_vms(vmm.clone());
+    let agent = tokio::spawn(async move { upstream.run(std::future::pending()).await });
+    for _ in 0..200 {
+        let n = store.get_node(&node).await.unwrap();
+        if n.capacity.vcpus > 0 && n.status == vmfleet_store::NodeStatus::Online {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let owner =
+        vmfleet_core::WalletAddress::parse("0x00000000000000000000000000000000000000a1").unwrap();
+    store
+        .upsert_user(&owner, vmfleet_auth::Role::Standard)
+        .await
+        .unwrap();
+    let VmOperation::Create(spec) = create_spec() else {
+        unreachable!()
+    };
+    let id = VmId::new("vm-placed").unwrap();
+    store
+        .insert_vm(&NewVm {
+            id: id.clone(),
+            kind: WorkloadKind::Vm,
+            owner,
+            name: "placed".parse().unwrap(),
+            spec: serde_json::to_value(&spec).unwrap(),
+            resources: Resources {
+                vcpus: 1,
+                memory_mib: 256,
+                disk_gib: 1,
+                gpus: 0,
+            },
+        })
+        .await
+        .unwrap();
+    let placed = scheduler.place(&id).await.unwrap();
+    assert_eq!(placed.state, VmState::Running);
+    assert_eq!(placed.node.as_ref(), Some(&node));
+    let rental = store
+        .open_rental(&id)
+        .await
+        .unwrap()
+        .expect("an open rental");
+    assert_eq!(Some(&rental.id), placed.rental.as_ref());
+    let st = vmm.status(&id).await.unwrap();
+    assert_eq!(st.state, VmState::Running);
+
+    // The control plane loses the agent: the VM is unknown, then running again once the agent
+    // reconnects and reports; the rental goes on.
+    fleet.drop_node(&node);
+    for _ in 0..200 {
+        if fleet.is_connected(&node)
+            && store.get_vm(&id).await.unwrap().state == VmState::Running
+            && store.get_node(&node).await.unwrap().status == vmfleet_store::NodeStatus::Online
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.get_vm(&id).await.unwrap().state, VmState::Running);
+    assert_eq!(store.open_rental(&id).await.unwrap().unwrap().id, rental.id);
+
+    // Removing it stops the guest, deletes it on the node, and writes its usage record.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    scheduler.remove(&id).await.unwrap();
+    assert!(vmm.status(&id).await.is_err(), "the node still has the VM");
+    let usage = store.usage_by_owner(&owner).await.unwrap();
+    assert_eq!(usage.records, 1);
+    assert!(usage.vcpu_seconds() >= 0.5, "{usage:?}");
+    assert_eq!(store.usage_by_node(&node).await.unwrap().records, 1);
+    agent.abort();
+}
