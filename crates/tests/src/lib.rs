@@ -226,6 +226,31 @@ pub async fn wait_log(rec: &Recorder, prefix: &str) {
 /// QEMU running.
 pub struct KillOnDrop(pub PathBuf);
 
+/// The processes (other than this one) whose command line mentions `dir`, sorted.
+pub fn pids_mentioning(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let needle = self.0.display().to_string();

@@ -87,7 +87,7 @@ async fn vm_operations_and_the_console_travel_over_fleet() {
     let upstream = Upstream::new(
         url,
         KEY,
-        Duration::from_secs(5),
+        Duration::from_secs(1),
         None,
         HostSampler::new(dir.path()),
     )
@@ -150,6 +150,24 @@ async fn vm_operations_and_the_console_travel_over_fleet() {
     let metrics = run(&fleet, &node, "req-4", "vm-a", VmOperation::Metrics).await;
     let m = metrics.metrics.unwrap();
     assert!(m.memory_total_bytes > 0, "{m:?}");
+
+    // Drained with a VM running: the node takes no new VM, reports maintenance, and the
+    // running one goes on.
+    let drain = vmfleet_wire::fleet::BackendCommand::DrainNode(vmfleet_wire::fleet::DrainNode {
+        node_id: node.clone(),
+        reason: "kernel upgrade".into(),
+    });
+    fleet.send(&node, &drain, LONG).await.unwrap();
+    let refused = run(&fleet, &node, "req-drain", "vm-c", create_spec()).await;
+    assert_eq!(refused.code, Some(VmErrorCode::Draining), "{refused:?}");
+    wait_log(&rec, "heartbeat node-vm Maintenance").await;
+    let status = run(&fleet, &node, "req-drain-2", "vm-a", VmOperation::Status).await;
+    assert_eq!(status.vm.unwrap().state, VmState::Running);
+    let undrain =
+        vmfleet_wire::fleet::BackendCommand::UndrainNode(vmfleet_wire::fleet::UndrainNode {
+            node_id: node.clone(),
+        });
+    fleet.send(&node, &undrain, LONG).await.unwrap();
 
     // A reconnection reports every VM again.
     let before = rec
@@ -333,4 +351,105 @@ async fn the_scheduler_boots_a_vm_through_a_real_agent_and_meters_it() {
     assert!(usage.vcpu_seconds() >= 0.5, "{usage:?}");
     assert_eq!(store.usage_by_node(&node).await.unwrap().records, 1);
     agent.abort();
+}
+
+/// Starts `vmfleet agent` against `url` with its files under `base`.
+fn spawn_agent(url: &str, key: &str, base: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(vmfleet_tests::vmfleet_bin())
+        .arg("agent")
+        .env("API_URL", url)
+        .env("HOST_API_KEY", key)
+        .env("VM_BASE_PATH", base)
+        .env("NODE_WS_LISTEN", "127.0.0.1:0")
+        .env("DOCKER_SOCKET", base.join("no-docker.sock"))
+        .env("VMFLEET_ACCEL", "tcg")
+        .env("HEARTBEAT_SECS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Types into the console over `/fleet` until the guest's shell answers.
+async fn shell_answers_over_fleet(fleet: &Fleet, node: &NodeId, vm: &VmId) -> bool {
+    let mut tap = fleet.console(node, vm).await.unwrap();
+    let mut seen = Vec::new();
+    let t = token();
+    for _ in 0..60 {
+        fleet
+            .console_input(node, vm, format!("echo ans-$((40+2))-{t}\n").as_bytes())
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), async {
+            read_until(&mut tap, &mut seen, &format!("ans-42-{t}")).await
+        })
+        .await;
+        if got.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// `kill -9` the agent binary while its guest runs; started again, it re-adopts the guest (no
+/// second boot), reports it running, and its console answers over `/fleet` again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_readopts_its_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = KillOnDrop(dir.path().to_owned());
+    let base = dir.path().join("node");
+    let (url, rec, fleet) = fleet_server(KEY, "node-k9", Duration::from_secs(5)).await;
+    let node = NodeId::new("node-k9").unwrap();
+    let mut agent = spawn_agent(&url, KEY, &base);
+    wait_log(&rec, "online node-k9").await;
+
+    let created = run(&fleet, &node, "k9-1", "vm-k9", create_spec()).await;
+    assert_eq!(
+        created.vm.as_ref().unwrap().state,
+        VmState::Running,
+        "{created:?}"
+    );
+    let qemu_pid = vmfleet_tests::pids_mentioning(&base);
+    assert_eq!(qemu_pid.len(), 1, "one guest process: {qemu_pid:?}");
+    let vm = VmId::new("vm-k9").unwrap();
+    assert!(shell_answers_over_fleet(&fleet, &node, &vm).await);
+
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    wait_log(&rec, "offline node-k9").await;
+    let reports = |rec: &vmfleet_tests::Recorder| {
+        rec.log()
+            .iter()
+            .filter(|l| l.starts_with("vm node-k9 vm-k9 running"))
+            .count()
+    };
+    let before = reports(&rec);
+
+    let mut agent = spawn_agent(&url, KEY, &base);
+    for _ in 0..400 {
+        if fleet.is_connected(&node) && reports(&rec) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reports(&rec) > before,
+        "not reported again: {:?}",
+        rec.log()
+    );
+    assert_eq!(
+        vmfleet_tests::pids_mentioning(&base),
+        qemu_pid,
+        "the guest was booted again instead of re-adopted"
+    );
+    let status = run(&fleet, &node, "k9-2", "vm-k9", VmOperation::Status).await;
+    assert_eq!(status.vm.unwrap().state, VmState::Running);
+    assert!(shell_answers_over_fleet(&fleet, &node, &vm).await);
+    // The request id of the first boot is not remembered across the restart, but the VM is:
+    // creating it again is a conflict, never a second guest.
+    let again = run(&fleet, &node, "k9-1", "vm-k9", create_spec()).await;
+    assert_eq!(again.code, Some(VmErrorCode::Conflict), "{again:?}");
+    assert_eq!(vmfleet_tests::pids_mentioning(&base), qemu_pid);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
 }
