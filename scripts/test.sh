@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 ensure_rust
 # What the test suite drives for real: QEMU guests (TCG), their image build, Docker.
-ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils docker.io iproute2
+ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils docker.io iproute2 curl
 
 # The test guest (kernel, initramfs, root filesystem) from Debian's packages, cached.
 scripts/guest/build-guest-image.sh

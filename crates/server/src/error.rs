@@ -25,6 +25,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// What no node (or driver) here can do: 501.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable)
             }
+            ApiError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, ApiErrorCode::Unsupported),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal),
         }
     }

@@ -466,6 +466,12 @@ impl Fleet {
         })
     }
 
+    /// Records what `node` answered about one of its VMs, as if it had reported it
+    /// (`vm_state`): an answer to a command may overtake the node's own report.
+    pub async fn record_vm_state(&self, node: &NodeId, report: &VmReport) -> Result<(), String> {
+        self.inner.registry.vm_state(node, report).await
+    }
+
     /// Watches the serial console of `vm`, which runs on `node`: the agent streams it (its
     /// scrollback first) while any tap is open.
     pub async fn console(&self, node: &NodeId, vm: &VmId) -> Result<ConsoleTap, FleetError> {

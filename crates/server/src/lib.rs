@@ -14,6 +14,7 @@ pub mod registry;
 mod routes;
 pub mod scheduler;
 pub mod signin;
+pub mod vms;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub sign_in: signin::SignIn,
     /// Places workloads on nodes, when there is a database and a `/fleet` namespace.
     pub scheduler: Option<scheduler::Scheduler>,
+    /// The VMs with an operation in flight (one at a time per VM).
+    pub(crate) vm_ops: vms::InFlight,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -59,6 +62,7 @@ impl AppState {
             fleet: None,
             sign_in: signin::SignIn::default(),
             scheduler: None,
+            vm_ops: vms::InFlight::default(),
             sio_layer: None,
         }
     }

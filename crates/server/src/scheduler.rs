@@ -462,6 +462,11 @@ impl Scheduler {
         }
     }
 
+    /// Whether some `ONLINE` node has room for `wanted` now (a hint: placement checks again).
+    pub async fn has_room(&self, wanted: &Resources) -> Result<bool, StoreError> {
+        Ok(!self.candidates(wanted).await?.is_empty())
+    }
+
     /// The `ONLINE` nodes with room for `wanted` now, in the policy's order.
     async fn candidates(&self, wanted: &Resources) -> Result<Vec<NodeId>, StoreError> {
         let mut fits = Vec::new();
@@ -679,6 +684,22 @@ impl Scheduler {
         rental: &RentalId,
     ) -> Result<(), SchedulerError> {
         let timeout = self.config.confirm_timeout;
+        if record.kind == WorkloadKind::Vm {
+            // A VM's stop is answered when the guest is down: the answer is the confirmation.
+            return match self.dispatch.stop(node, record, rental, timeout).await {
+                Ok(()) => Ok(()),
+                Err(DispatchError::Fleet(FleetError::NotConnected(_))) => {
+                    Err(SchedulerError::Unreachable(format!(
+                        "node {node} is offline: {} cannot be stopped until its agent is back",
+                        record.id
+                    )))
+                }
+                Err(e) => Err(SchedulerError::Unreachable(format!(
+                    "node {node} did not stop {}: {e}",
+                    record.id
+                ))),
+            };
+        }
         let mut waiter = self.confirmations.expect(rental, node);
         // An `unknown` workload stays so while its node is asked (a stop that fails must not
         // lose when the node was lost: that is what its rental is billed up to).

@@ -1,0 +1,333 @@
+//! Seed 002's VM endpoints end to end: a control plane and its local agent (as `vmfleet up`
+//! runs them), real guests under QEMU. The document's curl examples run as written (host and
+//! token replaced by this server's); a signed-in wallet drives its own VM through its life;
+//! ownership, serialisation and bad input answer with the document's statuses.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vmfleet_auth::siwe::testing::{TestWallet, message};
+use vmfleet_cli::{ControlPlane, PlaneOptions};
+use vmfleet_core::Timestamp;
+use vmfleet_tests::KillOnDrop;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Waits until `/vm/info` shows `state`.
+    async fn wait_state(&self, token: &str, id: &str, owner: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, info) = self
+                .post("/vm/info", token, json!({"build_id": id, "owner": owner}))
+                .await;
+            assert_eq!(status, 200, "{info}");
+            if info["state"] == state {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "never {state}: {info}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn sign_in(&self, wallet: &TestWallet, domain: &str) -> String {
+        let n: Value = self
+            .http
+            .get(format!("{}/auth/nonce", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let text = message(
+            domain,
+            &wallet.address(),
+            n["nonce"].as_str().unwrap(),
+            Timestamp::now().as_str(),
+        );
+        let r: Value = self
+            .http
+            .post(format!("{}/auth/login", self.base))
+            .json(&json!({"message": text, "signature": wallet.sign(&text).unwrap()}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The `curl` commands of seed 002, each with its continuation lines joined.
+fn seed_curls() -> Vec<String> {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/seeds");
+    let doc = std::fs::read_dir(&seeds)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("002_"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap();
+    let mut cmds = Vec::new();
+    let mut in_bash = false;
+    let mut cur = String::new();
+    for line in doc.lines() {
+        if line.starts_with("```bash") {
+            in_bash = true;
+            continue;
+        }
+        if line.starts_with("```") {
+            in_bash = false;
+            if !cur.is_empty() {
+                cmds.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        if !in_bash {
+            continue;
+        }
+        // A command runs from its `curl` line to the next blank or comment line.
+        if line.trim().is_empty() || line.starts_with('#') {
+            if !cur.is_empty() {
+                cmds.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        if line.starts_with("curl ") || !cur.is_empty() {
+            cur.push_str(line);
+            cur.push('\n');
+        }
+    }
+    if !cur.is_empty() {
+        cmds.push(cur);
+    }
+    cmds
+}
+
+/// Runs a seed curl command against this server with `token`; returns its JSON answer.
+fn run_curl(cmd: &str, base: &str, token: &str, build_id: &str) -> Value {
+    let cmd = cmd
+        .replace("https://node.formation.cloud:3002", base)
+        .replace("<JWT_TOKEN>", token)
+        .replace("build-123456789", build_id);
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("{} --silent --show-error", cmd.trim_end()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{cmd}: not JSON: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vm_api_drives_real_guests() {
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = KillOnDrop(dir.path().to_owned());
+    let plane = ControlPlane::start(PlaneOptions {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_ttl: Duration::from_secs(3600),
+        database: None,
+        domains: Vec::new(),
+        scheduler: Default::default(),
+    })
+    .await
+    .unwrap();
+    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", plane.addr());
+    let api = Api {
+        base: base.clone(),
+        http: reqwest::Client::new(),
+    };
+    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path())
+        .unwrap()
+        .trim()
+        .to_owned();
+    // The local node comes online with its capacity.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = vmfleet_tests::list_nodes(&base, &admin).await;
+        if nodes
+            .iter()
+            .any(|n| n.status == vmfleet_wire::api::NodeState::Online && n.capacity.vcpus > 0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the local node never came online: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Seed 002's curl examples, as written: create, boot, info (an admin acts for the
+    // document's owner).
+    let curls = seed_curls();
+    assert_eq!(curls.len(), 3, "{curls:?}");
+    let created = run_curl(&curls[0], &base, &admin, "");
+    assert_eq!(created["success"], json!(true), "{created}");
+    let id = created["vm_id"].as_str().unwrap().to_owned();
+    let booted = run_curl(&curls[1], &base, &admin, &id);
+    assert_eq!(booted["success"], json!(true), "{booted}");
+    let seed_owner = "0x1234567890abcdef1234567890abcdef12345678";
+    api.wait_state(&admin, &id, seed_owner, "running").await;
+    let info = run_curl(&curls[2], &base, &admin, &id);
+    assert_eq!(info["build_id"], json!(id));
+    assert_eq!(info["name"], "web-server");
+    assert_eq!(info["state"], "running");
+    assert_eq!(
+        info["resources"],
+        json!({"vcpu_count": 2, "mem_size_mib": 2048, "disk_size": 10})
+    );
+    let (status, _) = api
+        .post(
+            "/vm/delete",
+            &admin,
+            json!({"build_id": id, "owner": seed_owner}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // A wallet signs in and drives its own VM.
+    let wallet = TestWallet::from_secret([5u8; 32]).unwrap();
+    let token = api.sign_in(&wallet, &plane.addr().to_string()).await;
+    let me = wallet.address().to_string();
+    let create =
+        json!({"name": "mine", "owner": me, "vm_config": {"vcpu_count": 1, "mem_size_mib": 256}});
+    let (status, created) = api.post("/vm/create", &token, create.clone()).await;
+    assert_eq!(status, 200, "{created}");
+    let mine = created["vm_id"].as_str().unwrap().to_owned();
+    let vm = json!({"build_id": mine, "owner": me});
+    // The same name again is a conflict; another owner in the body is forbidden.
+    let (status, _) = api.post("/vm/create", &token, create).await;
+    assert_eq!(status, 409);
+    let other = json!({"name": "x", "owner": seed_owner, "vm_config": {"vcpu_count": 1, "mem_size_mib": 256}});
+    let (status, body) = api.post("/vm/create", &token, other).await;
+    assert_eq!(status, 403, "{body}");
+    // Starting a VM never booted is a conflict with a reason.
+    let (status, body) = api.post("/vm/start", &token, vm.clone()).await;
+    assert_eq!(status, 409, "{body}");
+
+    let (status, body) = api.post("/vm/boot", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "running").await;
+    let (status, list) = api.post("/vm/list", &token, json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only the caller's VMs: {list}"
+    );
+    assert_eq!(list[0]["build_id"], json!(mine));
+
+    // Someone else's VM is not found, whoever asks about it.
+    let thief = TestWallet::from_secret([6u8; 32]).unwrap();
+    let thief_token = api.sign_in(&thief, &plane.addr().to_string()).await;
+    let (status, _) = api
+        .post(
+            "/vm/info",
+            &thief_token,
+            json!({"build_id": mine, "owner": thief.address().to_string()}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api.post("/vm/stop", &thief_token, vm.clone()).await;
+    assert_eq!(status, 403);
+    let (status, list) = api.post("/vm/list", &thief_token, json!({})).await;
+    assert_eq!((status, list), (200, json!([])));
+
+    // A snapshot of the running guest.
+    let (status, snap) = api.post("/vm/snapshot", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{snap}");
+    let snapshot_id = snap["snapshot_id"].as_str().unwrap().to_owned();
+
+    // Two reboots race: one is refused while the other is in flight.
+    let (a, b) = tokio::join!(
+        api.post("/vm/reboot", &token, vm.clone()),
+        api.post("/vm/reboot", &token, vm.clone())
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    api.wait_state(&token, &mine, &me, "running").await;
+
+    // Forced off; restored from the snapshot (it runs again); forced off; started again.
+    let force = json!({"build_id": mine, "owner": me, "force": true});
+    let (status, body) = api.post("/vm/stop", &token, force.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "stopped").await;
+    let restore = json!({"build_id": mine, "owner": me, "snapshot_id": snapshot_id});
+    let (status, body) = api.post("/vm/restore", &token, restore).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "running").await;
+    let (status, body) = api.post("/vm/stop", &token, force).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "stopped").await;
+    let (status, body) = api.post("/vm/start", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "running").await;
+
+    // Planned endpoints no node can do yet say so.
+    for path in ["/vm/commit", "/vm/migrate/to", "/vm/disk/add"] {
+        let body = json!({"build_id": mine, "owner": me, "size_gb": 1});
+        let (status, body) = api.post(path, &token, body).await;
+        assert_eq!(status, 501, "{path}: {body}");
+        assert_eq!(body["success"], json!(false));
+    }
+    // Bad input is a JSON 400.
+    let (status, body) = api
+        .post("/vm/stop", &token, json!({"build_id": mine}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api
+        .post("/vm/create", &token, json!({"name": "big", "owner": me, "vm_config": {"vcpu_count": 0, "mem_size_mib": 256}}))
+        .await;
+    assert_eq!(status, 400);
+
+    // Delete: the guest is gone from its node, and its runs were metered.
+    let (status, body) = api.post("/vm/delete", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = api.post("/vm/info", &token, vm).await;
+    assert_eq!(status, 404);
+    let usage = plane
+        .store()
+        .usage_by_owner(&wallet.address())
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.records, 3,
+        "three runs (boot, restore, start): {usage:?}"
+    );
+    agent.stop().await;
+    plane.stop().await.unwrap();
+}
