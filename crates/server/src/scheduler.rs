@@ -334,9 +334,11 @@ impl Dispatch for FleetDispatch {
         timeout: Duration,
     ) -> Result<(), DispatchError> {
         if vm.kind == WorkloadKind::Vm {
+            // A stop on the way to deletion: the guest's disk goes with it, so there is
+            // nothing to shut down cleanly for.
             let op = VmOperation::Stop {
-                force: false,
-                timeout_seconds: u32::try_from(timeout.as_secs() / 2).unwrap_or(u32::MAX),
+                force: true,
+                timeout_seconds: 0,
             };
             return self
                 .vm_command(node, vm, RequestId::generate(), op, timeout)
