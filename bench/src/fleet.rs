@@ -41,7 +41,7 @@ use vmfleet_wire::fleet::{Capacity, Heartbeat, HostMetrics, NAMESPACE, NODE_INFO
 
 use crate::guest::Sweeper;
 use crate::machine::Machine;
-use crate::procfs::{NofileLimit, ProcSample, ephemeral_ports, raise_nofile};
+use crate::procfs::{NofileLimit, ProcSample, ephemeral_ports, machine_cpu, raise_nofile};
 use crate::report::{machine_markdown, upsert_section, with_title, write_atomic};
 use crate::stats::percentile;
 use crate::{BenchError, Context, Result, plot};
@@ -208,6 +208,10 @@ pub struct ServerRun {
     pub server_cores: f64,
     /// Load generator CPU seconds per second of the window.
     pub loadgen_cores: f64,
+    /// Everything else on the machine (other builds, tests) during the window, in cores:
+    /// machine busy time minus the server's and the load generator's; and the steal time.
+    pub others_cores: f64,
+    pub steal_cores: f64,
     /// (RSS at the window's start - RSS before any agent) / connected, KiB.
     pub kib_per_connection: f64,
     /// The same with the RSS at the window's end.
@@ -684,7 +688,12 @@ async fn measure(
         opts.settle
     ));
     sleep_ticking(opts.settle, &mut timeline, &tick).await?;
-    let (w0, start, own0) = (Instant::now(), ProcSample::read(pid)?, ProcSample::own()?);
+    let (w0, start, own0, m0) = (
+        Instant::now(),
+        ProcSample::read(pid)?,
+        ProcSample::own()?,
+        machine_cpu(),
+    );
     progress(&format!(
         "fleet: {name}: measuring {:?} (server RSS {} MiB, {} connected)",
         opts.duration,
@@ -692,7 +701,12 @@ async fn measure(
         shared.connected.load(Ordering::Relaxed)
     ));
     sleep_ticking(opts.duration, &mut timeline, &tick).await?;
-    let (w1, end, own1) = (Instant::now(), ProcSample::read(pid)?, ProcSample::own()?);
+    let (w1, end, own1, m1) = (
+        Instant::now(),
+        ProcSample::read(pid)?,
+        ProcSample::own()?,
+        machine_cpu(),
+    );
     let held = shared.connected.load(Ordering::Relaxed);
     let _ = phase_tx.send(Phase::Drain);
     let mut logs = Vec::with_capacity(tasks.len());
@@ -734,6 +748,12 @@ async fn measure(
     };
     r.server_cores = round3(cpu / window.as_secs_f64());
     r.loadgen_cores = round3((own1.cpu_s - own0.cpu_s) / window.as_secs_f64());
+    if let (Some((b0, s0)), Some((b1, s1))) = (m0, m1) {
+        let secs = window.as_secs_f64();
+        let others = (b1 - b0) - cpu - (own1.cpu_s - own0.cpu_s);
+        r.others_cores = round3((others / secs).max(0.0));
+        r.steal_cores = round3((s1 - s0) / secs);
+    }
     r.kib_per_connection = kib(&start);
     r.kib_per_connection_end = kib(&end);
     r.before = before;
@@ -840,6 +860,8 @@ fn summarise(logs: &[AgentLog], w0: Instant, w1: Instant, ack_timeout: Duration)
         cpu_s_per_1000: 0.0,
         server_cores: 0.0,
         loadgen_cores: 0.0,
+        others_cores: 0.0,
+        steal_cores: 0.0,
         kib_per_connection: 0.0,
         kib_per_connection_end: 0.0,
         before: ProcSample::default(),
@@ -1405,6 +1427,11 @@ impl FleetResult {
             &mut md,
             "load generator CPU (cores) / send lateness p99 (ms)",
             &|r| format!("{:.3} / {:.2}", r.loadgen_cores, r.send_lateness_ms.p99),
+        );
+        row(
+            &mut md,
+            "rest of the machine in the window (cores) / steal",
+            &|r| format!("{:.2} / {:.2}", r.others_cores, r.steal_cores),
         );
         md.push('\n');
         for r in &self.runs {

@@ -56,9 +56,9 @@ struct FleetArgs {
     /// missing].
     #[arg(long)]
     server_bin: Option<PathBuf>,
-    /// Measure only this server (`vmfleet` or `node`) [default: both, vmfleet first].
-    #[arg(long, value_parser = ["vmfleet", "node"])]
-    only: Option<String>,
+    /// The servers measured, in this order (`vmfleet`, `node`).
+    #[arg(long, value_delimiter = ',', default_value = "vmfleet,node", value_parser = ["vmfleet", "node"])]
+    servers: Vec<String>,
     /// Where the results go [default: bench/results of the source tree].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -116,11 +116,17 @@ async fn run(cli: Cli) -> Result<()> {
                 ramp: args.ramp,
                 ack_timeout: Duration::from_secs(args.ack_timeout_secs),
                 server_bin: args.server_bin,
-                targets: match args.only.as_deref() {
-                    Some("vmfleet") => vec![fleet::Target::Vmfleet],
-                    Some(_) => vec![fleet::Target::Node],
-                    None => vec![fleet::Target::Vmfleet, fleet::Target::Node],
-                },
+                targets: args
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        if s == "vmfleet" {
+                            fleet::Target::Vmfleet
+                        } else {
+                            fleet::Target::Node
+                        }
+                    })
+                    .collect(),
                 ..fleet::FleetOptions::default()
             };
             let out = args.out.unwrap_or_else(default_out);

@@ -42,6 +42,28 @@ impl ProcSample {
     }
 }
 
+/// The whole machine's CPU time so far, in seconds of one core, from the first line of
+/// `/proc/stat`: (busy, steal). Busy is user + nice + system + irq + softirq (steal apart).
+pub fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let (busy, steal) = machine_cpu_ticks(stat.lines().next()?)?;
+    let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
+    Some((busy as f64 / hz, steal as f64 / hz))
+}
+
+/// (busy, steal) ticks of the `cpu  user nice system idle iowait irq softirq steal ...` line.
+pub fn machine_cpu_ticks(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    Some((user + nice + system + irq + softirq, steal))
+}
+
 /// `utime` and `stime` (clock ticks) of a `/proc/PID/stat` line. The command name (field 2)
 /// is in parentheses and may hold spaces and parentheses itself, so fields are counted from
 /// the last `)`: `state` is the first after it, `utime` the 12th, `stime` the 13th.
@@ -118,6 +140,17 @@ mod tests {
         assert_eq!(stat_cpu_ticks(stat), Some((1234, 567)));
         assert_eq!(stat_cpu_ticks("12 (x) S 1 2"), None);
         assert_eq!(stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn parses_the_machine_line() {
+        assert_eq!(
+            machine_cpu_ticks("cpu  771324 5 168457 1210992 9136 7 1580 1522 0 0"),
+            Some((771324 + 5 + 168457 + 7 + 1580, 1522))
+        );
+        assert_eq!(machine_cpu_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(machine_cpu_ticks("cpu  1 2"), None);
+        assert!(machine_cpu().is_some());
     }
 
     #[test]
