@@ -62,6 +62,9 @@ struct FleetArgs {
     /// Where the results go [default: bench/results of the source tree].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure nothing: rewrite the report and the plot from this JSON file of an earlier run.
+    #[arg(long)]
+    rewrite: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,6 +110,21 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fleet(args) => {
+            let out = args.out.clone().unwrap_or_else(default_out);
+            if let Some(path) = &args.rewrite {
+                let text =
+                    std::fs::read_to_string(path).context(format!("reading {}", path.display()))?;
+                let result: fleet::FleetResult =
+                    serde_json::from_str(&text).context(format!("decoding {}", path.display()))?;
+                let (json, svg, md) = result.write(&out)?;
+                eprintln!(
+                    "wrote {}, {} and {}",
+                    json.display(),
+                    svg.display(),
+                    md.display()
+                );
+                return Ok(());
+            }
             let period = Duration::from_secs(args.period_secs);
             let opts = fleet::FleetOptions {
                 agents: if args.quick { 500 } else { args.agents },
@@ -129,7 +147,6 @@ async fn run(cli: Cli) -> Result<()> {
                     .collect(),
                 ..fleet::FleetOptions::default()
             };
-            let out = args.out.unwrap_or_else(default_out);
             let progress = |line: &str| eprintln!("{line}");
             // Interrupted, the scenario's future is dropped: the servers it started are
             // killed and its files removed.
