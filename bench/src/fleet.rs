@@ -210,7 +210,9 @@ pub struct ServerRun {
     pub loadgen_cores: f64,
     /// Everything else on the machine (other builds, tests) during the window, in cores:
     /// machine busy time minus the server's and the load generator's; and the steal time.
+    #[serde(default)]
     pub others_cores: f64,
+    #[serde(default)]
     pub steal_cores: f64,
     /// (RSS at the window's start - RSS before any agent) / connected, KiB.
     pub kib_per_connection: f64,
