@@ -358,6 +358,8 @@ pub async fn run(opts: FleetOptions, progress: impl Fn(&str)) -> Result<FleetRes
         Env {
             server_bin,
             built,
+            given: opts.server_bin.is_some(),
+            commit: git_commit().await,
             node_modules,
             nofile,
             ports,
@@ -369,9 +371,26 @@ pub async fn run(opts: FleetOptions, progress: impl Fn(&str)) -> Result<FleetRes
 struct Env {
     server_bin: PathBuf,
     built: bool,
+    /// Given with `--server-bin`.
+    given: bool,
+    /// `git describe --always --dirty` of the source tree, tracked files only.
+    commit: String,
     node_modules: serde_json::Value,
     nofile: NofileLimit,
     ports: Option<(u32, u32)>,
+}
+
+/// The source tree's commit, `-dirty` when tracked files differ from it.
+async fn git_commit() -> String {
+    tokio::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The `vmfleet` binary: the given one, or the workspace's release build (built now if
@@ -1265,7 +1284,9 @@ fn result(
         format!(
             "vmfleet binary: {}{}; run with its defaults (LOG_LEVEL info, its log to a file).",
             env.server_bin.display(),
-            if env.built {
+            if env.given {
+                " (given with --server-bin)"
+            } else if env.built {
                 " (built by this run)"
             } else {
                 " (release build found)"
@@ -1330,6 +1351,8 @@ fn result(
             "order": opts.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
             "vmfleet_binary": env.server_bin.display().to_string(),
             "vmfleet_binary_built_by_run": env.built,
+            "vmfleet_binary_given": env.given,
+            "source_commit": env.commit,
             "node": env.node_modules,
             "nofile": env.nofile,
             "ephemeral_ports": env.ports,
