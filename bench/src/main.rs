@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vmfleet_bench::report::machine_markdown;
-use vmfleet_bench::{BenchError, Context, Result, boot};
+use vmfleet_bench::{BenchError, Context, Result, boot, fleet};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,47 @@ enum Command {
     /// Create-to-console-ready latency through the driver against the same QEMU command line
     /// launched by hand (TCG), interleaved run by run.
     Boot(BootArgs),
+    /// N simulated agents heartbeating on /fleet against `vmfleet server` (release build) and
+    /// against a minimal Node.js socket.io server with the same semantics, one after the other.
+    Fleet(FleetArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Simulated agents (connections) per server.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Each agent's heartbeat period, in seconds.
+    #[arg(long, default_value_t = 5)]
+    period_secs: u64,
+    /// The measured window, once all agents are connected, in seconds.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    /// Wait after the last agent connected before measuring [default: one period].
+    #[arg(long)]
+    settle_secs: Option<u64>,
+    /// Handshakes in flight at once while the agents connect.
+    #[arg(long, default_value_t = 64)]
+    ramp: usize,
+    /// A heartbeat not acknowledged within this many seconds is missed.
+    #[arg(long, default_value_t = 10)]
+    ack_timeout_secs: u64,
+    /// 500 agents, 20 s window.
+    #[arg(long, conflicts_with_all = ["agents", "duration_secs"])]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The servers measured, in this order (`vmfleet`, `node`).
+    #[arg(long, value_delimiter = ',', default_value = "vmfleet,node", value_parser = ["vmfleet", "node"])]
+    servers: Vec<String>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measure nothing: rewrite the report and the plot from this JSON file of an earlier run.
+    #[arg(long)]
+    rewrite: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -68,6 +109,69 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Fleet(args) => {
+            let out = args.out.clone().unwrap_or_else(default_out);
+            if let Some(path) = &args.rewrite {
+                let text =
+                    std::fs::read_to_string(path).context(format!("reading {}", path.display()))?;
+                let result: fleet::FleetResult =
+                    serde_json::from_str(&text).context(format!("decoding {}", path.display()))?;
+                let (json, svg, md) = result.write(&out)?;
+                eprintln!(
+                    "wrote {}, {} and {}",
+                    json.display(),
+                    svg.display(),
+                    md.display()
+                );
+                return Ok(());
+            }
+            let period = Duration::from_secs(args.period_secs);
+            let opts = fleet::FleetOptions {
+                agents: if args.quick { 500 } else { args.agents },
+                period,
+                duration: Duration::from_secs(if args.quick { 20 } else { args.duration_secs }),
+                settle: args.settle_secs.map_or(period, Duration::from_secs),
+                ramp: args.ramp,
+                ack_timeout: Duration::from_secs(args.ack_timeout_secs),
+                server_bin: args.server_bin,
+                targets: args
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        if s == "vmfleet" {
+                            fleet::Target::Vmfleet
+                        } else {
+                            fleet::Target::Node
+                        }
+                    })
+                    .collect(),
+                ..fleet::FleetOptions::default()
+            };
+            let progress = |line: &str| eprintln!("{line}");
+            // Interrupted, the scenario's future is dropped: the servers it started are
+            // killed and its files removed.
+            let result = tokio::select! {
+                r = fleet::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, svg, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!(
+                "{}",
+                result.markdown(
+                    &svg.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                )
+            );
+            eprintln!(
+                "wrote {}, {} and {}",
+                json.display(),
+                svg.display(),
+                md.display()
+            );
+            Ok(())
+        }
         Command::Boot(args) => {
             let opts = boot::BootOptions {
                 runs: if args.quick { 3 } else { args.runs },

@@ -357,7 +357,7 @@ pub fn upsert_section(doc: &str, key: &str, body: &str) -> String {
 }
 
 /// `doc` starting with the `title` line (added if missing).
-fn with_title(doc: &str, title: &str) -> String {
+pub(crate) fn with_title(doc: &str, title: &str) -> String {
     if doc.starts_with("# ") {
         doc.to_owned()
     } else {
@@ -366,7 +366,7 @@ fn with_title(doc: &str, title: &str) -> String {
 }
 
 /// Writes through a `.tmp` file and a rename, so a reader never sees half a report.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("out")

@@ -54,8 +54,9 @@ impl Summary {
     }
 }
 
-/// `q` in 0..=1 of sorted, non-empty samples.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// `q` in 0..=1 of sorted, non-empty samples, interpolated linearly between the two nearest
+/// ranks (numpy's default).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
@@ -88,6 +89,16 @@ mod tests {
         let one = Summary::of(&[7.0]).unwrap();
         assert_eq!((one.p50, one.p90, one.stddev), (7.0, 7.0, 0.0));
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn tail_percentiles() {
+        let s: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&s, 0.99), 990.01);
+        assert_eq!(percentile(&s, 0.999), 999.001);
+        assert_eq!(percentile(&s, 1.0), 1000.0);
+        assert_eq!(percentile(&s, 0.0), 1.0);
+        assert_eq!(percentile(&[3.0], 0.99), 3.0);
     }
 
     #[test]

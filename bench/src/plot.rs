@@ -1,0 +1,210 @@
+//! Plots written by hand as SVG: no dependency, readable in any browser and on GitHub.
+
+use std::fmt::Write as _;
+
+use crate::fleet::{FleetResult, TARGET_KIB_PER_CONNECTION, TARGET_P99_MS};
+
+const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const W: f64 = 1000.0;
+const H: f64 = 380.0;
+/// Each panel's plotting area: top, bottom.
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 320.0;
+
+/// The `fleet` scenario: the ack latency's tail (log-log), CPU seconds per 1,000 heartbeats and
+/// RSS per connection, one colour per server.
+pub fn fleet_svg(r: &FleetResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">{} agents, {} s period, {} s window ({})</text>"#,
+        r.config["agents"],
+        r.config["period_s"],
+        r.config["duration_s"],
+        esc(&r.date)
+    );
+    cdf_panel(&mut s, r, 60.0, 520.0);
+    let cpu: Vec<(String, f64)> = r
+        .runs
+        .iter()
+        .map(|x| (x.name.clone(), x.cpu_s_per_1000))
+        .collect();
+    bar_panel(
+        &mut s,
+        "server CPU s per 1,000 heartbeats",
+        &cpu,
+        None,
+        600.0,
+        780.0,
+        4,
+    );
+    let mem: Vec<(String, f64)> = r
+        .runs
+        .iter()
+        .map(|x| (x.name.clone(), x.kib_per_connection))
+        .collect();
+    bar_panel(
+        &mut s,
+        "RSS per connection (KiB)",
+        &mem,
+        Some(TARGET_KIB_PER_CONNECTION),
+        830.0,
+        980.0,
+        1,
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The ack latency of every run as the fraction of acks slower than x (log-log: the tail is
+/// what the target is about), x from 0.01 ms to 1 s, in [x0, x1].
+fn cdf_panel(s: &mut String, r: &FleetResult, x0: f64, x1: f64) {
+    let (lo, hi) = (-2.0f64, 3.0f64); // log10 ms
+    let floor = -5.0f64; // log10 of the smallest fraction shown
+    let x = |ms: f64| x0 + (ms.max(1e-3).log10().clamp(lo, hi) - lo) / (hi - lo) * (x1 - x0);
+    let y = |frac: f64| TOP + (frac.max(1e-9).log10().clamp(floor, 0.0) / floor) * (BOTTOM - TOP);
+    let _ = writeln!(
+        s,
+        r#"<text x="{x0}" y="{}" font-weight="bold">fraction of acks slower than x (log-log)</text>"#,
+        TOP - 12.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x0}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
+        x1 - x0,
+        BOTTOM - TOP
+    );
+    for e in lo as i32..=hi as i32 {
+        let ms = 10f64.powi(e);
+        let gx = x(ms);
+        let label = if ms < 1.0 {
+            format!("{ms}")
+        } else {
+            format!("{}", ms as u64)
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{gx:.1}" y1="{TOP}" x2="{gx:.1}" y2="{BOTTOM}" stroke="#ddd"/><text x="{gx:.1}" y="{}" text-anchor="middle">{label} ms</text>"##,
+            BOTTOM + 16.0
+        );
+    }
+    for e in floor as i32..=0 {
+        let frac = 10f64.powi(e);
+        let gy = y(frac);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{gy:.1}" x2="{x1}" y2="{gy:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{frac}</text>"##,
+            x0 - 4.0,
+            gy + 4.0
+        );
+    }
+    // The target: at most 1% of acks slower than 50 ms.
+    let (tx, ty) = (x(TARGET_P99_MS), y(0.01));
+    let _ = writeln!(
+        s,
+        r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{BOTTOM}" stroke="#000" stroke-dasharray="4 3"/><line x1="{x0}" y1="{ty:.1}" x2="{x1}" y2="{ty:.1}" stroke="#000" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}">p99 target {TARGET_P99_MS} ms</text>"##,
+        tx + 3.0,
+        ty - 4.0
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        let total: usize = run.ack_histogram.iter().map(|(_, c)| c).sum();
+        if total == 0 {
+            continue;
+        }
+        let colour = COLOURS[i % COLOURS.len()];
+        let mut slower = total;
+        let mut pts = String::new();
+        for (upper, c) in &run.ack_histogram {
+            slower -= c;
+            if slower == 0 {
+                let _ = write!(pts, "{:.1},{:.1} ", x(*upper), y(0.0));
+                break;
+            }
+            let _ = write!(
+                pts,
+                "{:.1},{:.1} ",
+                x(*upper),
+                y(slower as f64 / total as f64)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" fill="{colour}">{} (p50 {:.2}, p99 {:.2} ms)</text>"#,
+            x0 + 8.0,
+            BOTTOM - 40.0 + 16.0 * i as f64,
+            esc(&run.name),
+            run.ack_ms.p50,
+            run.ack_ms.p99
+        );
+    }
+}
+
+/// One bar per run, with an optional target line, in [x0, x1].
+fn bar_panel(
+    s: &mut String,
+    title: &str,
+    bars: &[(String, f64)],
+    target: Option<f64>,
+    x0: f64,
+    x1: f64,
+    decimals: usize,
+) {
+    let max = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(target)
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.15;
+    let y = |v: f64| BOTTOM - v / max * (BOTTOM - TOP);
+    let _ = writeln!(
+        s,
+        r#"<text x="{x0}" y="{}" font-weight="bold">{}</text>"#,
+        TOP - 12.0,
+        esc(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<line x1="{x0}" y1="{BOTTOM}" x2="{x1}" y2="{BOTTOM}" stroke="#888"/>"##
+    );
+    let slot = (x1 - x0) / bars.len().max(1) as f64;
+    for (i, (name, v)) in bars.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let bx = x0 + slot * i as f64 + slot * 0.15;
+        let bw = slot * 0.7;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.decimals$}</text><text x="{:.1}" y="{}" text-anchor="middle" fill="{colour}">{}</text>"#,
+            y(*v),
+            BOTTOM - y(*v),
+            bx + bw / 2.0,
+            y(*v) - 4.0,
+            bx + bw / 2.0,
+            BOTTOM + 16.0,
+            esc(name)
+        );
+    }
+    if let Some(t) = target {
+        let ty = y(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{ty:.1}" x2="{x1}" y2="{ty:.1}" stroke="#000" stroke-dasharray="4 3"/><text x="{x1}" y="{:.1}" text-anchor="end">target {t}</text>"##,
+            ty - 4.0
+        );
+    }
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
