@@ -87,6 +87,18 @@ pub struct PlaneArgs {
     /// tries another node.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub confirm_timeout: Duration,
+    /// Requests a minute a standard user may make (seed 002); 0 is no limit.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit_standard: u32,
+    /// Requests a minute a privileged user may make (seed 002); 0 is no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub rate_limit_privileged: u32,
+    /// Requests a minute an admin token may make; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_admin: u32,
+    /// Requests a minute each client address may make without a valid token; 0 is no limit.
+    #[arg(long, default_value_t = 60)]
+    pub rate_limit_anonymous: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

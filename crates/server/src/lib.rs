@@ -9,7 +9,10 @@ mod containers;
 mod error;
 mod extract;
 pub mod fleet;
+pub mod metrics;
 mod nodes;
+pub mod observe;
+pub mod ratelimit;
 pub mod registry;
 mod routes;
 pub mod scheduler;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub sign_in: signin::SignIn,
     /// Places workloads on nodes, when there is a database and a `/fleet` namespace.
     pub scheduler: Option<scheduler::Scheduler>,
+    /// Per-caller rate limits ([`AppState::with_rate_limits`]).
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    /// What `/metrics` reports of the HTTP traffic.
+    pub metrics: Arc<metrics::HttpMetrics>,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -47,6 +54,7 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("fleet", &self.fleet.is_some())
             .field("scheduler", &self.scheduler.as_ref().map(|s| s.config()))
+            .field("rate_limits", self.limiter.limits())
             .finish_non_exhaustive()
     }
 }
@@ -59,8 +67,16 @@ impl AppState {
             fleet: None,
             sign_in: signin::SignIn::default(),
             scheduler: None,
+            limiter: Arc::new(ratelimit::RateLimiter::new(ratelimit::RateLimits::default())),
+            metrics: Arc::default(),
             sio_layer: None,
         }
+    }
+
+    /// Limits callers to `limits` instead of the default (seed 002's).
+    pub fn with_rate_limits(mut self, limits: ratelimit::RateLimits) -> Self {
+        self.limiter = Arc::new(ratelimit::RateLimiter::new(limits));
+        self
     }
 
     /// Keeps users, nodes and VMs in `store`, serves `/fleet` over it, and schedules
@@ -130,11 +146,14 @@ impl AppState {
 /// The whole HTTP surface of the control plane.
 pub fn app(state: AppState) -> Router {
     let layer = state.sio_layer.clone();
+    let observe = axum::middleware::from_fn_with_state(state.clone(), observe::observe);
     let router = routes::router().with_state(state);
-    match layer {
+    let router = match layer {
         Some(layer) => router.layer(layer),
         None => router,
-    }
+    };
+    // Outside Socket.IO's layer: its requests get a request id and are counted too.
+    router.layer(observe)
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then finishes in-flight requests.
@@ -152,7 +171,9 @@ pub async fn serve(
             fleet.close().await;
         }
     };
-    axum::serve(listener, app(state))
+    // The peer's address keys the rate limit of requests without a token.
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }
