@@ -375,6 +375,36 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_flags_default_to_the_seed_and_zero_is_off() {
+        use std::num::NonZeroU32;
+        let limits = |args: &[&str]| match parse_from(args).unwrap().command {
+            Command::Server(a) => PlaneOptions::from(&a).rate_limits,
+            other => panic!("not the server: {other:?}"),
+        };
+        let d = limits(&["vmfleet", "server"]);
+        assert_eq!(d, vmfleet_server::ratelimit::RateLimits::default());
+        assert_eq!(d.standard, NonZeroU32::new(100));
+        assert_eq!(d.privileged, NonZeroU32::new(1000));
+        assert_eq!(d.admin, None);
+        let l = limits(&[
+            "vmfleet",
+            "server",
+            "--rate-limit-standard",
+            "0",
+            "--rate-limit-privileged",
+            "5000",
+            "--rate-limit-admin",
+            "10000",
+            "--rate-limit-anonymous",
+            "0",
+        ]);
+        assert_eq!(l.standard, None);
+        assert_eq!(l.privileged, NonZeroU32::new(5000));
+        assert_eq!(l.admin, NonZeroU32::new(10000));
+        assert_eq!(l.anonymous, None);
+    }
+
+    #[test]
     fn the_agent_config_file_fills_in_what_flags_do_not_say() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.env");

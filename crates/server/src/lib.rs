@@ -1,5 +1,6 @@
-//! The control plane's one listener: REST (seed 002) today; WebSocket (004), Socket.IO `/fleet`
-//! (001), the dashboard, `/openapi.json` and `/metrics` join it as they are built.
+//! The control plane's one listener: REST (seed 002), Socket.IO `/fleet` (001) and `/metrics`
+//! today; WebSocket (004), the dashboard and `/openapi.json` join it as they are built. Every
+//! request passes [`observe`]: request id, rate limit, metrics, access log.
 //!
 //! [`app`] builds the router from a state and touches no socket, so tests drive it directly;
 //! [`serve`] binds it to a listener.
