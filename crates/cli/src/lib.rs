@@ -87,6 +87,18 @@ pub struct PlaneArgs {
     /// tries another node.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub confirm_timeout: Duration,
+    /// Requests a minute a standard user may make (seed 002); 0 is no limit.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit_standard: u32,
+    /// Requests a minute a privileged user may make (seed 002); 0 is no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub rate_limit_privileged: u32,
+    /// Requests a minute an admin token may make; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_admin: u32,
+    /// Requests a minute each client address may make without a valid token; 0 is no limit.
+    #[arg(long, default_value_t = 60)]
+    pub rate_limit_anonymous: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +372,36 @@ mod tests {
             Command::Agent(a) => a,
             other => panic!("not the agent: {other:?}"),
         }
+    }
+
+    #[test]
+    fn rate_limit_flags_default_to_the_seed_and_zero_is_off() {
+        use std::num::NonZeroU32;
+        let limits = |args: &[&str]| match parse_from(args).unwrap().command {
+            Command::Server(a) => PlaneOptions::from(&a).rate_limits,
+            other => panic!("not the server: {other:?}"),
+        };
+        let d = limits(&["vmfleet", "server"]);
+        assert_eq!(d, vmfleet_server::ratelimit::RateLimits::default());
+        assert_eq!(d.standard, NonZeroU32::new(100));
+        assert_eq!(d.privileged, NonZeroU32::new(1000));
+        assert_eq!(d.admin, None);
+        let l = limits(&[
+            "vmfleet",
+            "server",
+            "--rate-limit-standard",
+            "0",
+            "--rate-limit-privileged",
+            "5000",
+            "--rate-limit-admin",
+            "10000",
+            "--rate-limit-anonymous",
+            "0",
+        ]);
+        assert_eq!(l.standard, None);
+        assert_eq!(l.privileged, NonZeroU32::new(5000));
+        assert_eq!(l.admin, NonZeroU32::new(10000));
+        assert_eq!(l.anonymous, None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Starting and stopping a control plane over a data directory.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -9,6 +10,7 @@ use tokio::task::JoinHandle;
 use vmfleet_auth::{Permission, Role, Subject};
 use vmfleet_core::Timestamp;
 use vmfleet_server::AppState;
+use vmfleet_server::ratelimit::RateLimits;
 use vmfleet_server::scheduler::SchedulerConfig;
 
 use crate::{CliError, DataDir, PlaneArgs};
@@ -24,6 +26,8 @@ pub struct PlaneOptions {
     pub scheduler: SchedulerConfig,
     /// Hosts wallet sign-in messages may name, beside the listen address itself.
     pub domains: Vec<String>,
+    /// Requests a minute per caller (`Default`: seed 002's limits, admins unlimited).
+    pub rate_limits: RateLimits,
 }
 
 /// The domains a sign-in message may name: the configured ones, the bound address, and
@@ -50,6 +54,13 @@ impl From<&PlaneArgs> for PlaneOptions {
                 policy: a.placement,
                 confirm_timeout: a.confirm_timeout,
                 ..SchedulerConfig::default()
+            },
+            rate_limits: RateLimits {
+                standard: NonZeroU32::new(a.rate_limit_standard),
+                privileged: NonZeroU32::new(a.rate_limit_privileged),
+                admin: NonZeroU32::new(a.rate_limit_admin),
+                anonymous: NonZeroU32::new(a.rate_limit_anonymous),
+                ..RateLimits::default()
             },
         }
     }
@@ -105,7 +116,8 @@ impl ControlPlane {
         let state = AppState::new(key)
             .with_store(store.clone(), HEARTBEAT)
             .with_sign_in(sign_in_domains(&opts.domains, addr), opts.token_ttl)
-            .with_scheduler_config(opts.scheduler);
+            .with_scheduler_config(opts.scheduler)
+            .with_rate_limits(opts.rate_limits);
         let fleet = state.fleet.clone();
         let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
             let _ = stopped.await;

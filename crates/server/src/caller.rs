@@ -1,6 +1,7 @@
 //! Who is calling: the bearer token of a request, verified.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use vmfleet_auth::{Role, VerifiedToken};
 use vmfleet_core::Timestamp;
@@ -12,19 +13,28 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct Caller(pub VerifiedToken);
 
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get("authorization")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
+        // Verified already by the middleware in front of every route.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
         state
             .jwt
-            .verify(token.trim(), Timestamp::now().unix_seconds())
+            .verify(token, Timestamp::now().unix_seconds())
             .map(Caller)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))
     }

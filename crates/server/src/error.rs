@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use vmfleet_wire::api::{ApiErrorCode, ErrorBody};
 
@@ -28,6 +28,10 @@ pub enum ApiError {
     /// What no node (or driver) here can do: 501.
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "too many requests: the limit is {limit} a minute; retry in {retry_after_secs} seconds"
+    )]
+    RateLimited { limit: u32, retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -51,6 +55,9 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable)
             }
             ApiError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, ApiErrorCode::Unsupported),
+            ApiError::RateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::RateLimited)
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal),
         }
     }
@@ -62,6 +69,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(source) = &self {
             tracing::error!(error = %source, "request failed");
         }
-        (status, Json(ErrorBody::new(code, self.to_string()))).into_response()
+        let mut resp = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        resp
     }
 }

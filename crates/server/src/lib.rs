@@ -1,5 +1,6 @@
-//! The control plane's one listener: REST (seed 002) today; WebSocket (004), Socket.IO `/fleet`
-//! (001), the dashboard, `/openapi.json` and `/metrics` join it as they are built.
+//! The control plane's one listener: REST (seed 002), Socket.IO `/fleet` (001) and `/metrics`
+//! today; WebSocket (004), the dashboard and `/openapi.json` join it as they are built. Every
+//! request passes [`observe`]: request id, rate limit, metrics, access log.
 //!
 //! [`app`] builds the router from a state and touches no socket, so tests drive it directly;
 //! [`serve`] binds it to a listener.
@@ -9,7 +10,10 @@ mod containers;
 mod error;
 mod extract;
 pub mod fleet;
+pub mod metrics;
 mod nodes;
+pub mod observe;
+pub mod ratelimit;
 pub mod registry;
 mod routes;
 pub mod scheduler;
@@ -42,6 +46,10 @@ pub struct AppState {
     pub scheduler: Option<scheduler::Scheduler>,
     /// The VMs with an operation in flight (one at a time per VM).
     pub(crate) vm_ops: vms::InFlight,
+    /// Per-caller rate limits ([`AppState::with_rate_limits`]).
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    /// What `/metrics` reports of the HTTP traffic.
+    pub metrics: Arc<metrics::HttpMetrics>,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -50,6 +58,7 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("fleet", &self.fleet.is_some())
             .field("scheduler", &self.scheduler.as_ref().map(|s| s.config()))
+            .field("rate_limits", self.limiter.limits())
             .finish_non_exhaustive()
     }
 }
@@ -63,8 +72,16 @@ impl AppState {
             sign_in: signin::SignIn::default(),
             scheduler: None,
             vm_ops: vms::InFlight::default(),
+            limiter: Arc::new(ratelimit::RateLimiter::new(ratelimit::RateLimits::default())),
+            metrics: Arc::default(),
             sio_layer: None,
         }
+    }
+
+    /// Limits callers to `limits` instead of the default (seed 002's).
+    pub fn with_rate_limits(mut self, limits: ratelimit::RateLimits) -> Self {
+        self.limiter = Arc::new(ratelimit::RateLimiter::new(limits));
+        self
     }
 
     /// Keeps users, nodes and VMs in `store`, serves `/fleet` over it, and schedules
@@ -134,11 +151,14 @@ impl AppState {
 /// The whole HTTP surface of the control plane.
 pub fn app(state: AppState) -> Router {
     let layer = state.sio_layer.clone();
+    let observe = axum::middleware::from_fn_with_state(state.clone(), observe::observe);
     let router = routes::router().with_state(state);
-    match layer {
+    let router = match layer {
         Some(layer) => router.layer(layer),
         None => router,
-    }
+    };
+    // Outside Socket.IO's layer: its requests get a request id and are counted too.
+    router.layer(observe)
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then finishes in-flight requests.
@@ -156,7 +176,9 @@ pub async fn serve(
             fleet.close().await;
         }
     };
-    axum::serve(listener, app(state))
+    // The peer's address keys the rate limit of requests without a token.
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -49,6 +49,7 @@ pub(crate) fn router() -> Router<AppState> {
             get(crate::containers::get).delete(crate::containers::remove),
         )
         .route("/usage", get(crate::containers::usage))
+        .route("/metrics", get(crate::metrics::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -16,7 +16,8 @@ use vmfleet_core::{
 use crate::error::{StoreError, is_foreign_key_violation, is_unique_violation, not_found};
 use crate::model::parse_state;
 use crate::row::{
-    json, opt_json, opt_parsed, opt_text, opt_time, parsed, resource_values, resources, text, time,
+    int, json, opt_json, opt_parsed, opt_text, opt_time, parsed, resource_values, resources, text,
+    time,
 };
 use crate::{NewVm, NodeStatus, Resources, Result, Store, VmRecord, now_millis};
 
@@ -138,6 +139,20 @@ impl Store {
             }
         };
         rows.iter().map(vm).collect()
+    }
+
+    /// How many VMs and containers are in each state, deleted ones left out; states no
+    /// workload is in are absent.
+    pub async fn count_vms_by_state(&self) -> Result<Vec<(VmState, i64)>> {
+        sqlx::query(
+            "SELECT state, CAST(COUNT(*) AS BIGINT) AS n FROM vms WHERE state <> 'deleted'
+             GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| Ok((parse_state(&text(row, "state")?)?, int(row, "n")?)))
+        .collect()
     }
 
     /// The live VMs and containers placed on a node (what its agent should be running).

@@ -34,6 +34,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         database: None,
         domains: Vec::new(),
         scheduler: Default::default(),
+        rate_limits: Default::default(),
     })
     .await
     .unwrap();
@@ -194,6 +195,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         database: None,
         domains: Vec::new(),
         scheduler: Default::default(),
+        rate_limits: Default::default(),
     })
     .await
     .unwrap();

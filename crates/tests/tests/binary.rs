@@ -163,6 +163,7 @@ fn the_agent_binary_joins_a_control_plane() {
             database: None,
             domains: Vec::new(),
             scheduler: Default::default(),
+            rate_limits: Default::default(),
         })
         .await
         .unwrap();

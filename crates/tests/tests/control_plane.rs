@@ -20,6 +20,7 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
         database: None,
         domains: Vec::new(),
         scheduler: Default::default(),
+        rate_limits: Default::default(),
     })
     .await
     .unwrap()
@@ -192,6 +193,7 @@ fn listen_conflict_is_a_clear_error() {
             database: None,
             domains: Vec::new(),
             scheduler: Default::default(),
+            rate_limits: Default::default(),
         })
         .await
         .err()

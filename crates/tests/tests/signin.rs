@@ -49,6 +49,7 @@ async fn a_wallet_signs_in_once_per_nonce() {
         database: None,
         domains: vec!["vmfleet.example".into()],
         scheduler: Default::default(),
+        rate_limits: Default::default(),
     })
     .await
     .unwrap();

@@ -9,7 +9,32 @@ on_both_backends!(
     vms_are_recorded_and_names_unique_per_owner,
     vm_states_addresses_and_soft_delete,
     assign_node_records_facts,
+    vms_are_counted_by_state,
 );
+
+async fn vms_are_counted_by_state(db: &TestDb) {
+    let s = &db.store;
+    assert_eq!(s.count_vms_by_state().await.unwrap(), vec![]);
+    let a = user(s, 1).await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        ids.push(
+            s.insert_vm(&new_vm(a, name, res(1, 64, 1, 0)))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &ids[..2] {
+        s.update_vm_state(id, VmState::Running, None, None)
+            .await
+            .unwrap();
+    }
+    s.delete_vm(&ids[3]).await.unwrap();
+    let mut counts = s.count_vms_by_state().await.unwrap();
+    counts.sort_by_key(|(st, _)| st.as_str());
+    assert_eq!(counts, vec![(VmState::Created, 1), (VmState::Running, 2)]);
+}
 
 async fn vms_are_recorded_and_names_unique_per_owner(db: &TestDb) {
     let s = &db.store;
