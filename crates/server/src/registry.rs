@@ -16,7 +16,10 @@
 //!   along); if it reports it ended, the rental ends at the moment the node went offline
 //!   (its last heartbeat), so an outage is never billed for a workload that died in it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -36,13 +39,70 @@ use crate::scheduler::{Confirmation, Confirmations};
 pub struct StoreRegistry {
     store: Store,
     confirmations: Confirmations,
+    heartbeats: Arc<Heartbeats>,
+}
+
+/// How often accepted heartbeats are written, all in one transaction.
+pub const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
+
+/// Heartbeats accepted and not yet written (the latest per node), and the capacity each
+/// node last reported. A heartbeat is acknowledged once accepted and written within
+/// [`HEARTBEAT_FLUSH`]: one transaction a second instead of one per heartbeat, so ten
+/// thousand nodes do not queue on the database's write lock. The first heartbeat of a
+/// connection and a changed capacity are written at once (the scheduler places by them).
+#[derive(Default)]
+struct Heartbeats {
+    pending: Mutex<HashMap<NodeId, (Timestamp, serde_json::Value)>>,
+    capacity: Mutex<HashMap<NodeId, vmfleet_store::Resources>>,
+    /// Nodes connected since their last written heartbeat.
+    fresh: Mutex<std::collections::HashSet<NodeId>>,
+}
+
+impl Heartbeats {
+    fn pending(&self) -> MutexGuard<'_, HashMap<NodeId, (Timestamp, serde_json::Value)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn capacity(&self) -> MutexGuard<'_, HashMap<NodeId, vmfleet_store::Resources>> {
+        self.capacity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fresh(&self) -> MutexGuard<'_, std::collections::HashSet<NodeId>> {
+        self.fresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes the accepted heartbeats every [`HEARTBEAT_FLUSH`] until the registry is gone.
+async fn flush_heartbeats(store: Store, heartbeats: std::sync::Weak<Heartbeats>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hb) = heartbeats.upgrade() else {
+            return;
+        };
+        let batch: Vec<_> = hb
+            .pending()
+            .drain()
+            .map(|(node, (at, metrics))| (node, at, metrics))
+            .collect();
+        drop(hb);
+        if let Err(e) = store.record_heartbeats(&batch).await {
+            tracing::error!(error = %e, heartbeats = batch.len(), "cannot record heartbeats");
+        }
+    }
 }
 
 impl StoreRegistry {
+    /// The registry over `store`; it starts the task that writes heartbeats, so call it
+    /// within a Tokio runtime.
     pub fn new(store: Store, confirmations: Confirmations) -> Self {
+        let heartbeats = Arc::new(Heartbeats::default());
+        tokio::spawn(flush_heartbeats(store.clone(), Arc::downgrade(&heartbeats)));
         StoreRegistry {
             store,
             confirmations,
+            heartbeats,
         }
     }
 
@@ -134,6 +194,7 @@ impl NodeRegistry for StoreRegistry {
     }
 
     async fn node_online(&self, node: &NodeId) {
+        self.heartbeats.fresh().insert(node.clone());
         // A drained node stays in maintenance when its agent reconnects.
         let drained = self
             .store
@@ -147,9 +208,15 @@ impl NodeRegistry for StoreRegistry {
 
     async fn node_offline(&self, node: &NodeId) {
         self.status(node, NodeStatus::Offline).await;
-        let since = match self.store.get_node(node).await {
-            Ok(n) => n.last_heartbeat.unwrap_or_else(Timestamp::now),
-            Err(_) => Timestamp::now(),
+        let unwritten = self
+            .heartbeats
+            .pending()
+            .get(node)
+            .map(|(at, _)| at.clone());
+        let since = match (unwritten, self.store.get_node(node).await) {
+            (Some(at), _) => at,
+            (None, Ok(n)) => n.last_heartbeat.unwrap_or_else(Timestamp::now),
+            (None, Err(_)) => Timestamp::now(),
         };
         self.confirmations
             .node_lost(node, &format!("node {node} went offline"));
@@ -183,10 +250,23 @@ impl NodeRegistry for StoreRegistry {
             disk_gib: c.disk_gb,
             gpus: c.gpus,
         });
-        self.store
-            .record_heartbeat(node, &Timestamp::now(), &metrics, cap)
-            .await
-            .map_err(|e| e.to_string())?;
+        let now = Timestamp::now();
+        let new_capacity = cap.filter(|c| self.heartbeats.capacity().get(node) != Some(c));
+        let first = self.heartbeats.fresh().remove(node);
+        if first || new_capacity.is_some() {
+            self.heartbeats.pending().remove(node);
+            self.store
+                .record_heartbeat(node, &now, &metrics, new_capacity)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(c) = new_capacity {
+                self.heartbeats.capacity().insert(node.clone(), c);
+            }
+        } else {
+            self.heartbeats
+                .pending()
+                .insert(node.clone(), (now, metrics));
+        }
         if hb.status == fleet::NodeStatus::Maintenance {
             let _ = self
                 .store

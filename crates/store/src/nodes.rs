@@ -153,6 +153,33 @@ impl Store {
         Ok(())
     }
 
+    /// Records many nodes' heartbeats (time and metrics, as [`Store::record_heartbeat`]
+    /// without capacity) in one transaction: what a busy control plane writes every second
+    /// instead of one transaction per heartbeat. Nodes that no longer exist are skipped;
+    /// returns how many were recorded.
+    pub async fn record_heartbeats(
+        &self,
+        beats: &[(NodeId, Timestamp, serde_json::Value)],
+    ) -> Result<u64> {
+        if beats.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut recorded = 0;
+        for (id, at, metrics) in beats {
+            let done =
+                sqlx::query("UPDATE nodes SET last_heartbeat_at = $2, metrics = $3 WHERE id = $1")
+                    .bind(id.as_str())
+                    .bind(at.unix_millis())
+                    .bind(metrics.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            recorded += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
     /// Sets what the node offers. Lowering it below what the node already runs is allowed
     /// (nothing is evicted); the node then takes nothing new until enough is freed.
     pub async fn set_capacity(&self, id: &NodeId, capacity: Resources) -> Result<()> {

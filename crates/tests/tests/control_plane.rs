@@ -296,6 +296,26 @@ async fn nodes_are_registered_by_an_admin_and_their_keys_kept_hashed() {
     assert_eq!(node.status, vmfleet_wire::api::NodeState::Online);
     assert_eq!(node.metrics.as_ref().unwrap().ram_total_mb, 65536);
     assert!(node.last_heartbeat.is_some());
+    // Later heartbeats are acknowledged at once and written in the next batch.
+    hb["metrics"]["ramTotalMb"] = serde_json::json!(32768);
+    let ack = client
+        .emit_with_ack("heartbeat", &hb, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ack, serde_json::json!({"success": true}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let nodes = vmfleet_tests::list_nodes(&base, &admin).await;
+        let node = nodes.iter().find(|n| n.node_id == created.node_id).unwrap();
+        if node.metrics.as_ref().unwrap().ram_total_mb == 32768 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the heartbeat was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The database holds the key's hash, never the key.
     client.disconnect().await;

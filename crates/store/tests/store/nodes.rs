@@ -7,8 +7,42 @@ use crate::common::{TestDb, on_both_backends, online_node, placed_vm, res, user}
 on_both_backends!(
     nodes_are_found_by_key_hash_and_names_are_unique,
     heartbeats_status_and_capacity,
+    heartbeats_are_written_in_batches,
     a_node_in_use_cannot_be_deleted,
 );
+
+async fn heartbeats_are_written_in_batches(db: &TestDb) {
+    let s = &db.store;
+    let mut nodes = Vec::new();
+    for i in 0..50 {
+        let n = s
+            .create_node(&format!("n{i}"), &SecretHash::of(&generate_secret()))
+            .await
+            .unwrap();
+        nodes.push(n.id);
+    }
+    assert_eq!(s.record_heartbeats(&[]).await.unwrap(), 0);
+    let at = Timestamp::from_unix_millis(1_700_000_000_000);
+    let mut beats: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                id.clone(),
+                at.clone(),
+                serde_json::json!({ "cpuUsagePercent": i }),
+            )
+        })
+        .collect();
+    // A node removed meanwhile is skipped, not an error for the others.
+    beats.push((NodeId::generate(), at.clone(), serde_json::json!({})));
+    assert_eq!(s.record_heartbeats(&beats).await.unwrap(), 50);
+    for (i, id) in nodes.iter().enumerate() {
+        let n = s.get_node(id).await.unwrap();
+        assert_eq!(n.last_heartbeat, Some(at.clone()));
+        assert_eq!(n.metrics, Some(serde_json::json!({ "cpuUsagePercent": i })));
+    }
+}
 
 async fn nodes_are_found_by_key_hash_and_names_are_unique(db: &TestDb) {
     let s = &db.store;
