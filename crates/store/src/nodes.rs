@@ -161,20 +161,31 @@ impl Store {
         &self,
         beats: &[(NodeId, Timestamp, serde_json::Value)],
     ) -> Result<u64> {
+        /// Rows per statement: three parameters each, well under both databases' limits.
+        const ROWS: usize = 100;
         if beats.is_empty() {
             return Ok(0);
         }
         let mut tx = self.begin_write().await?;
         let mut recorded = 0;
-        for (id, at, metrics) in beats {
-            let done =
-                sqlx::query("UPDATE nodes SET last_heartbeat_at = $2, metrics = $3 WHERE id = $1")
+        for chunk in beats.chunks(ROWS) {
+            // One statement per chunk: `VALUES` names its columns column1.. in both dialects.
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "UPDATE nodes SET last_heartbeat_at = v.column2, metrics = v.column3
+                 FROM (VALUES {}) AS v WHERE nodes.id = v.column1",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, at, metrics) in chunk {
+                query = query
                     .bind(id.as_str())
                     .bind(at.unix_millis())
-                    .bind(metrics.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-            recorded += done.rows_affected();
+                    .bind(metrics.to_string());
+            }
+            recorded += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(recorded)

@@ -34,9 +34,12 @@ async fn heartbeats_are_written_in_batches(db: &TestDb) {
             )
         })
         .collect();
-    // A node removed meanwhile is skipped, not an error for the others.
-    beats.push((NodeId::generate(), at.clone(), serde_json::json!({})));
-    assert_eq!(s.record_heartbeats(&beats).await.unwrap(), 50);
+    // Nodes removed meanwhile are skipped, not an error for the others; enough of them that
+    // the batch takes more than one statement.
+    let ghosts = (0..700).map(|_| (NodeId::generate(), at.clone(), serde_json::json!({})));
+    let mut all: Vec<_> = ghosts.collect();
+    all.append(&mut beats);
+    assert_eq!(s.record_heartbeats(&all).await.unwrap(), 50);
     for (i, id) in nodes.iter().enumerate() {
         let n = s.get_node(id).await.unwrap();
         assert_eq!(n.last_heartbeat, Some(at.clone()));
