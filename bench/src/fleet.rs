@@ -389,7 +389,7 @@ struct Env {
 }
 
 /// The source tree's commit, `-dirty` when tracked files differ from it.
-async fn git_commit() -> String {
+pub(crate) async fn git_commit() -> String {
     tokio::process::Command::new("git")
         .args(["describe", "--always", "--dirty"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -403,7 +403,7 @@ async fn git_commit() -> String {
 
 /// The `vmfleet` binary: the given one, or the workspace's release build (built now if
 /// missing); and whether this run built it.
-async fn server_binary(
+pub(crate) async fn server_binary(
     given: Option<PathBuf>,
     progress: &impl Fn(&str),
 ) -> Result<(PathBuf, bool)> {
@@ -507,15 +507,15 @@ async fn register(data_dir: &Path, n: usize) -> Result<Vec<Agent>> {
 }
 
 /// A server started as a child process.
-struct Server {
+pub(crate) struct Server {
     child: tokio::process::Child,
-    pid: u32,
-    addr: SocketAddr,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Server {
     /// Starts `command` (stdout read for `listening on http://ADDR`, stderr to `log`).
-    async fn start(command: &[String], log: &Path) -> Result<Server> {
+    pub(crate) async fn start(command: &[String], log: &Path) -> Result<Server> {
         let (program, args) = command.split_first().context("an empty command")?;
         let stderr = std::fs::File::create(log).context(format!("creating {}", log.display()))?;
         let mut child = tokio::process::Command::new(program)
@@ -549,7 +549,7 @@ impl Server {
     }
 
     /// SIGTERM, then SIGKILL if it lingers; how it ended.
-    async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let term = i32::try_from(self.pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)

@@ -11,6 +11,7 @@
 //! - [`stats`], [`machine`], [`guest`], [`procfs`], [`plot`]: summaries, what machine ran it,
 //!   the test guest, what `/proc` says of a process, SVG plots.
 
+pub mod api;
 pub mod boot;
 mod error;
 pub mod fleet;

@@ -27,6 +27,38 @@ enum Command {
     /// N simulated agents heartbeating on /fleet against `vmfleet server` (release build) and
     /// against a minimal Node.js socket.io server with the same semantics, one after the other.
     Fleet(FleetArgs),
+    /// `POST /vm/info` and `POST /vm/list` under load with wrk, token verification on; then
+    /// many wallets with seed 002's rate limits on.
+    Api(ApiArgs),
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 20)]
+    duration_secs: u64,
+    /// wrk's connections (each sends its next request when the last is answered).
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// wrk's threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Wallets signed in for the rate-limited run.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// VMs of each wallet.
+    #[arg(long, default_value_t = 5)]
+    vms_per_user: usize,
+    /// 5 s runs, 100 wallets.
+    #[arg(long, conflicts_with_all = ["duration_secs", "users"])]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -170,6 +202,27 @@ async fn run(cli: Cli) -> Result<()> {
                 svg.display(),
                 md.display()
             );
+            Ok(())
+        }
+        Command::Api(args) => {
+            let opts = vmfleet_bench::api::ApiOptions {
+                duration: Duration::from_secs(if args.quick { 5 } else { args.duration_secs }),
+                connections: args.connections,
+                threads: args.threads,
+                users: if args.quick { 100 } else { args.users },
+                vms_per_user: args.vms_per_user,
+                server_bin: args.server_bin,
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::api::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
             Ok(())
         }
         Command::Boot(args) => {
