@@ -135,6 +135,24 @@ impl VmService {
                 };
             }
             VmOperation::Status => vmm.status(id).await,
+            VmOperation::Coredump => {
+                return match vmm.coredump(id).await {
+                    Ok(path) => VmCommandReply {
+                        artifact: Some(path.display().to_string()),
+                        ..VmCommandReply::done(vmm.status(id).await.ok().map(|s| report(&s)))
+                    },
+                    Err(e) => refusal(&e),
+                };
+            }
+            VmOperation::Commit { image } => {
+                return match vmm.commit(id, image).await {
+                    Ok(name) => VmCommandReply {
+                        artifact: Some(name.to_string()),
+                        ..VmCommandReply::done(vmm.status(id).await.ok().map(|s| report(&s)))
+                    },
+                    Err(e) => refusal(&e),
+                };
+            }
             VmOperation::Metrics => {
                 return match (vmm.metrics(id).await, vmm.status(id).await) {
                     (Ok(m), Ok(st)) => VmCommandReply {

@@ -184,6 +184,12 @@ pub trait Guest: Send + Sync {
         Err(self.unsupported("snapshot"))
     }
 
+    /// Writes the guest's memory to `dest` as an ELF core file.
+    async fn coredump(&self, dest: &std::path::Path) -> Result<(), HypervisorError> {
+        let _ = dest;
+        Err(self.unsupported("dump guest memory"))
+    }
+
     /// Sets the memory the guest may use, in MiB (balloon or hotplug).
     async fn set_memory(&self, mib: u64) -> Result<(), HypervisorError> {
         let _ = mib;

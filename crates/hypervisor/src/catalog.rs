@@ -24,6 +24,8 @@ pub enum CatalogError {
     Escapes(ImageName),
     #[error("image {0} is not a regular file")]
     NotAFile(ImageName),
+    #[error("image {0} is already in the catalog")]
+    Exists(ImageName),
     #[error("image {name} cannot be read")]
     Io {
         name: String,
@@ -86,6 +88,28 @@ impl ImageCatalog {
             return Err(CatalogError::NotAFile(name.clone()));
         }
         Ok(real)
+    }
+
+    /// Adds a copy of `from` to the catalog as `name`; an image never replaces another.
+    /// Written beside and renamed, so a reader never sees half an image.
+    pub fn import(&self, name: &ImageName, from: &Path) -> Result<PathBuf, CatalogError> {
+        let dest = self.root.join(name.as_str());
+        let io_err = |source| CatalogError::Io {
+            name: name.to_string(),
+            source,
+        };
+        let tmp = self.root.join(format!(".{}.importing", name.as_str()));
+        std::fs::copy(from, &tmp).map_err(io_err)?;
+        // A hard link fails if the name is taken: no image is ever overwritten.
+        let linked = std::fs::hard_link(&tmp, &dest);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(dest),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(CatalogError::Exists(name.clone()))
+            }
+            Err(source) => Err(io_err(source)),
+        }
     }
 
     /// The images a request may name: regular files inside the catalog with valid names.

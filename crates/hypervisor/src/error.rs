@@ -24,6 +24,8 @@ pub enum HypervisorError {
     NotRunning(VmId),
     #[error("VM {0} is busy with another operation")]
     Busy(VmId),
+    #[error("VM {0} is {1}: stop it first, its disk changes while it runs")]
+    MustBeStopped(VmId, vmfleet_core::VmState),
     #[error("VM {vm} has no snapshot {snapshot}")]
     NoSnapshot { vm: VmId, snapshot: String },
     #[error(transparent)]
@@ -105,9 +107,11 @@ impl HypervisorError {
             HypervisorError::Unsupported { .. } | HypervisorError::DiskLimitUnsupported { .. } => {
                 ErrorClass::Unsupported
             }
+            HypervisorError::Catalog(CatalogError::Exists(_)) => ErrorClass::Conflict,
             HypervisorError::InvalidState(_)
             | HypervisorError::AlreadyExists(_)
             | HypervisorError::Busy(_)
+            | HypervisorError::MustBeStopped(..)
             | HypervisorError::NotRunning(_)
             | HypervisorError::NotRentalContainer { .. } => ErrorClass::Conflict,
             HypervisorError::NotFound(_)

@@ -115,6 +115,18 @@ pub trait Hypervisor: Send + Sync {
         Err(self.unsupported("add a disk"))
     }
 
+    /// Writes the running guest's memory to a core file on the node; returns its path.
+    async fn coredump(&self, id: &VmId) -> Result<std::path::PathBuf, HypervisorError> {
+        let _ = id;
+        Err(self.unsupported("dump guest memory"))
+    }
+
+    /// Saves the stopped VM's root disk into the image catalog as `image`.
+    async fn commit(&self, id: &VmId, image: &ImageName) -> Result<ImageName, HypervisorError> {
+        let _ = (id, image);
+        Err(self.unsupported("commit a disk to the catalog"))
+    }
+
     fn unsupported(&self, op: &'static str) -> HypervisorError {
         HypervisorError::Unsupported {
             backend: self.backend().as_str(),

@@ -736,6 +736,33 @@ impl Hypervisor for Vmm {
         Ok(snap)
     }
 
+    async fn coredump(&self, id: &VmId) -> Result<PathBuf, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let guest = self.running_guest(&inst)?;
+        let dir = self.dir(id).join("coredumps");
+        std::fs::create_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = dir.join(format!("core-{millis}.elf"));
+        if let Err(e) = guest.coredump(&path).await {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    async fn commit(&self, id: &VmId, image: &ImageName) -> Result<ImageName, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let state = inst.st().state;
+        if state.has_process() {
+            return Err(HypervisorError::MustBeStopped(id.clone(), state));
+        }
+        let disk = inst.st().spec.root_disk.clone();
+        self.catalog.import(image, &disk)?;
+        Ok(image.clone())
+    }
+
     async fn restore(&self, id: &VmId, snap: &SnapshotId) -> Result<VmStatus, HypervisorError> {
         let (inst, _op) = self.lock(id)?;
         let t = inst.begin(VmOp::Restore)?;

@@ -1,7 +1,8 @@
 //! Seed 002's VM endpoints, working through the scheduler, the `/fleet` namespace and the
 //! node's agent: `/vm/create`, `/vm/boot`, `/vm/start`, `/vm/stop` (with `force`),
 //! `/vm/reboot`, `/vm/power-button`, `/vm/delete`, `/vm/info`, `/vm/list`, `/vm/snapshot`,
-//! `/vm/restore`, `/vm/resize/vcpu`, `/vm/resize/memory`; the other planned endpoints answer
+//! `/vm/restore`, `/vm/commit`, `/vm/coredump`, `/vm/resize/vcpu`, `/vm/resize/memory`; the
+//! other planned endpoints answer
 //! 501 with what is missing, never a silent success.
 //!
 //! Ownership: the `owner` of a request must be the caller's wallet (403 otherwise) unless the
@@ -29,9 +30,9 @@ use vmfleet_core::{
 use vmfleet_store::{Actor, AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
 use vmfleet_wire::Success;
 use vmfleet_wire::api::{
-    ActionResponse, AddDiskRequest, CreateVmRequest, CreateVmResponse, ListVmsRequest,
-    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
-    StopVmRequest, VmInfo, VmRef,
+    ActionResponse, AddDiskRequest, CommitRequest, CommitResponse, CoredumpResponse,
+    CreateVmRequest, CreateVmResponse, ListVmsRequest, ResizeMemoryRequest, ResizeVcpuRequest,
+    RestoreRequest, SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::fleet::{CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, VmOperation};
 
@@ -680,6 +681,47 @@ pub(crate) async fn restore(
     };
     on_node(&state, &token, &req.build_id, &req.owner, "vm.restore", op).await?;
     Ok(Json(ActionResponse::new("VM restored from the snapshot")))
+}
+
+/// `POST /vm/commit`: the stopped VM's root disk becomes image `image_name` of its node's
+/// catalog (409 when the VM runs or the name is taken).
+pub(crate) async fn commit(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<CommitRequest>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    let op = VmOperation::Commit {
+        image: req.image_name.clone(),
+    };
+    on_node(&state, &token, &req.build_id, &req.owner, "vm.commit", op).await?;
+    Ok(Json(CommitResponse {
+        success: Success,
+        message: format!("the VM's disk is image {} of its node", req.image_name),
+        image_name: req.image_name,
+    }))
+}
+
+/// `POST /vm/coredump`: the running guest's memory written to a core file on its node.
+pub(crate) async fn coredump(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<VmRef>,
+) -> Result<Json<CoredumpResponse>, ApiError> {
+    let reply = on_node(
+        &state,
+        &token,
+        &req.build_id,
+        &req.owner,
+        "vm.coredump",
+        VmOperation::Coredump,
+    )
+    .await?;
+    let path = reply.artifact.unwrap_or_default();
+    Ok(Json(CoredumpResponse {
+        success: Success,
+        message: format!("guest memory written to {path} on the VM's node"),
+        path,
+    }))
 }
 
 /// `POST /vm/resize/vcpu`.

@@ -272,6 +272,21 @@ async fn the_vm_api_drives_real_guests() {
     let (status, snap) = api.post("/vm/snapshot", &token, vm.clone()).await;
     assert_eq!(status, 200, "{snap}");
     let snapshot_id = snap["snapshot_id"].as_str().unwrap().to_owned();
+    // A core dump of the running guest's memory, on its node.
+    let (status, dump) = api.post("/vm/coredump", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{dump}");
+    let core = std::fs::read(dump["path"].as_str().unwrap()).unwrap();
+    assert!(
+        core.len() > 200 << 20,
+        "a core of 256 MiB of memory: {}",
+        core.len()
+    );
+    assert_eq!(&core[..4], b"\x7fELF");
+    drop(core);
+    // Committing the disk of a running VM is refused: it changes while it runs.
+    let commit = json!({"build_id": mine, "owner": me, "image_name": "mine-disk.ext4"});
+    let (status, body) = api.post("/vm/commit", &token, commit.clone()).await;
+    assert_eq!(status, 409, "{body}");
 
     // Two reboots race: one is refused while the other is in flight.
     let (a, b) = tokio::join!(
@@ -288,6 +303,12 @@ async fn the_vm_api_drives_real_guests() {
     let (status, body) = api.post("/vm/stop", &token, force.clone()).await;
     assert_eq!(status, 200, "{body}");
     api.wait_state(&token, &mine, &me, "stopped").await;
+    // Stopped, its disk becomes an image of the node's catalog, once.
+    let (status, body) = api.post("/vm/commit", &token, commit.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(dir.path().join("data/vms/images/mine-disk.ext4").is_file());
+    let (status, body) = api.post("/vm/commit", &token, commit).await;
+    assert_eq!(status, 409, "{body}");
     let restore = json!({"build_id": mine, "owner": me, "snapshot_id": snapshot_id});
     let (status, body) = api.post("/vm/restore", &token, restore).await;
     assert_eq!(status, 200, "{body}");
@@ -300,7 +321,7 @@ async fn the_vm_api_drives_real_guests() {
     api.wait_state(&token, &mine, &me, "running").await;
 
     // Planned endpoints no node can do yet say so.
-    for path in ["/vm/commit", "/vm/migrate/to", "/vm/disk/add"] {
+    for path in ["/vm/device/add", "/vm/migrate/to", "/vm/disk/add"] {
         let body = json!({"build_id": mine, "owner": me, "size_gb": 1});
         let (status, body) = api.post(path, &token, body).await;
         assert_eq!(status, 501, "{path}: {body}");

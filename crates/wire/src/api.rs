@@ -184,6 +184,32 @@ pub struct SnapshotResponse {
     pub message: String,
 }
 
+/// `POST /vm/commit`: the stopped VM's root disk saved as a new image of its node's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub image_name: ImageName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitResponse {
+    pub success: Success<true>,
+    pub image_name: ImageName,
+    pub message: String,
+}
+
+/// The answer of `POST /vm/coredump`: where the core file was written on the VM's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoredumpResponse {
+    pub success: Success<true>,
+    pub path: String,
+    pub message: String,
+}
+
 /// `POST /vm/restore`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -69,6 +69,12 @@ pub enum VmOperation {
     },
     /// Stops the VM if it runs and removes it and its files.
     Delete,
+    /// Writes the running guest's memory to a core file on the node (`artifact`: its path).
+    Coredump,
+    /// Saves the stopped VM's root disk into the node's image catalog as `image`.
+    Commit {
+        image: ImageName,
+    },
     /// Answers with the VM's state.
     Status,
     /// Answers with the VM's resource usage.
@@ -96,6 +102,8 @@ impl VmOperation {
             VmOperation::ResizeVcpu { .. } => "resize_vcpu",
             VmOperation::ResizeMemory { .. } => "resize_memory",
             VmOperation::Delete => "delete",
+            VmOperation::Coredump => "coredump",
+            VmOperation::Commit { .. } => "commit",
             VmOperation::Status => "status",
             VmOperation::Metrics => "metrics",
         }
@@ -139,6 +147,9 @@ pub struct VmCommandReply {
     /// For `metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<VmMetrics>,
+    /// What the operation made: a core file's path on the node, a committed image's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }
 
 impl VmCommandReply {
@@ -149,6 +160,7 @@ impl VmCommandReply {
             code: None,
             vm,
             metrics: None,
+            artifact: None,
         }
     }
 
@@ -159,6 +171,7 @@ impl VmCommandReply {
             code: Some(code),
             vm: None,
             metrics: None,
+            artifact: None,
         }
     }
 }

@@ -777,6 +777,18 @@ impl Guest for QemuGuest {
         }
     }
 
+    async fn coredump(&self, dest: &Path) -> Result<(), HypervisorError> {
+        let protocol = format!("file:{}", dest.display());
+        self.inner
+            .qmp
+            .execute(
+                "dump-guest-memory",
+                json!({ "paging": false, "protocol": protocol }),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn set_memory(&self, mib: u64) -> Result<(), HypervisorError> {
         if mib << 20 > self.inner.mem_total {
             return Err(HypervisorError::InvalidSpec(format!(
