@@ -31,6 +31,9 @@ pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vd
 /// How long a graceful stop waits for the guest after the power button, by default.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often a graceful stop presses the power button again while the guest runs.
+const POWER_BUTTON_REPEAT: Duration = Duration::from_secs(3);
+
 pub struct Vmm {
     backend: Arc<dyn Backend>,
     catalog: ImageCatalog,
@@ -613,12 +616,24 @@ impl Hypervisor for Vmm {
             guest.resume().await?;
         }
         let mut exited = guest.exited();
-        let graceful = match guest.power_button().await {
-            Ok(()) => tokio::time::timeout(timeout, exited.wait_for(Option::is_some))
-                .await
-                .is_ok(),
-            Err(_) => false,
+        // A press the guest is not listening for yet (still booting) is lost: press again
+        // every few seconds until it goes or the time is up.
+        let presses = async {
+            loop {
+                if guest.power_button().await.is_err() {
+                    return false;
+                }
+                tokio::time::sleep(POWER_BUTTON_REPEAT).await;
+            }
         };
+        let graceful = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                gone = exited.wait_for(Option::is_some) => gone.is_ok(),
+                pressed = presses => pressed,
+            }
+        })
+        .await
+        .unwrap_or(false);
         if !graceful {
             tracing::info!(vm = %id, "guest ignored the power button; forcing it off");
         }

@@ -451,3 +451,26 @@ async fn auto_accel_boots_a_guest_on_any_host() {
     vmm.force_stop(&id).await.unwrap();
     vmm.delete(&id).await.unwrap();
 }
+
+/// A graceful stop asked while the guest is still booting (before anything in it listens for
+/// the power button) still ends in the guest's own shutdown: the press is repeated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_during_boot_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
+    let vmm = vmm(dir.path(), Accel::Tcg);
+    let id = VmId::new("vm-early-stop").unwrap();
+    vmm.create(guest("vm-early-stop")).await.unwrap();
+    vmm.boot(&id).await.unwrap();
+    // At once: the guest's kernel is still starting. Forced off, the stop would take the
+    // whole timeout; the guest shutting itself down ends it long before.
+    let timeout = Duration::from_secs(120);
+    let t0 = std::time::Instant::now();
+    let st = vmm.stop(&id, timeout).await.unwrap();
+    assert_eq!(st.state, VmState::Stopped);
+    assert!(
+        t0.elapsed() < timeout / 2,
+        "the guest never answered the power button ({:?})",
+        t0.elapsed()
+    );
+}
