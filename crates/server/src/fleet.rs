@@ -82,8 +82,8 @@ pub struct Fleet {
 struct Inner {
     registry: Arc<dyn NodeRegistry>,
     nodes: Mutex<HashMap<NodeId, Conn>>,
-    /// VM consoles being watched, and the node each streams from.
-    consoles: Mutex<HashMap<VmId, (NodeId, broadcast::Sender<bytes::Bytes>)>>,
+    /// VM consoles being watched: the node each streams from.
+    consoles: Mutex<HashMap<VmId, Watched>>,
     heartbeat_period: Duration,
 }
 
@@ -143,9 +143,21 @@ impl Bucket {
     }
 }
 
+/// The most console output kept per watched VM, for a watcher that joins late.
+pub const CONSOLE_SCROLLBACK: usize = 64 * 1024;
+
+/// A console being watched: its node, its watchers, and its recent output.
+struct Watched {
+    node: NodeId,
+    tx: broadcast::Sender<bytes::Bytes>,
+    scrollback: std::collections::VecDeque<u8>,
+}
+
 /// A watch on a VM's serial console: its bytes as the agent streams them. The agent streams
 /// while any tap is open; the last one dropped tells it to stop.
 pub struct ConsoleTap {
+    /// The last [`CONSOLE_SCROLLBACK`] bytes seen before this tap opened.
+    pub scrollback: Vec<u8>,
     pub output: broadcast::Receiver<bytes::Bytes>,
     fleet: Fleet,
     vm: VmId,
@@ -158,14 +170,14 @@ impl Drop for ConsoleTap {
             // This tap's receiver still counts.
             let last = consoles
                 .get(&self.vm)
-                .is_some_and(|(_, tx)| tx.receiver_count() <= 1);
+                .is_some_and(|w| w.tx.receiver_count() <= 1);
             if last {
                 consoles.remove(&self.vm)
             } else {
                 None
             }
         };
-        if let Some((node, _)) = last {
+        if let Some(Watched { node, .. }) = last {
             let fleet = self.fleet.clone();
             let cmd = BackendCommand::ConsoleDetach(ConsoleRef {
                 vm_id: self.vm.clone(),
@@ -252,9 +264,7 @@ impl Fleet {
     }
 
     #[allow(clippy::type_complexity)]
-    fn consoles(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<VmId, (NodeId, broadcast::Sender<bytes::Bytes>)>> {
+    fn consoles(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Watched>> {
         self.inner
             .consoles
             .lock()
@@ -270,7 +280,34 @@ impl Fleet {
             let _ = old.sock.disconnect();
         }
         // Handlers first: the agent may send as soon as it hears `node_info`.
-        for name in AgentEvent::NAMES {
+        // Console bytes are handled in the order they arrive: in the handler's synchronous
+        // part, which runs in the socket's receive loop (the futures it returns run as tasks,
+        // in any order).
+        {
+            let fleet = self.clone();
+            let node = node.clone();
+            s.on(
+                "console_output",
+                move |Data(payload): Data<Value>, ack: AckSender| {
+                    let reply = match AgentEvent::decode("console_output", &payload) {
+                        Ok(AgentEvent::ConsoleOutput(c)) => match fleet.console_output(&node, &c) {
+                            Ok(()) => Ack::ok(),
+                            Err(m) => Ack::refused(m),
+                        },
+                        Ok(_) => Ack::refused("not console output"),
+                        Err(e) => Ack::refused(e.to_string()),
+                    };
+                    let _ = ack.send(&reply);
+                    // socketioxide runs the returned future as a task; the work above ran in
+                    // the receive loop already, in order.
+                    std::future::ready(())
+                },
+            );
+        }
+        for name in AgentEvent::NAMES
+            .into_iter()
+            .filter(|n| *n != "console_output")
+        {
             let fleet = self.clone();
             let node = node.clone();
             s.on(name, move |Data(payload): Data<Value>, ack: AckSender| {
@@ -475,18 +512,28 @@ impl Fleet {
     /// Watches the serial console of `vm`, which runs on `node`: the agent streams it (its
     /// scrollback first) while any tap is open.
     pub async fn console(&self, node: &NodeId, vm: &VmId) -> Result<ConsoleTap, FleetError> {
-        let (output, first) = {
+        let (output, scrollback, first) = {
             let mut consoles = self.consoles();
             match consoles.get(vm) {
-                Some((on, tx)) if on == node => (tx.subscribe(), false),
+                Some(w) if w.node == *node => (
+                    w.tx.subscribe(),
+                    w.scrollback.iter().copied().collect(),
+                    false,
+                ),
                 _ => {
                     let (tx, rx) = broadcast::channel(CONSOLE_BUFFER);
-                    consoles.insert(vm.clone(), (node.clone(), tx));
-                    (rx, true)
+                    let watched = Watched {
+                        node: node.clone(),
+                        tx,
+                        scrollback: std::collections::VecDeque::new(),
+                    };
+                    consoles.insert(vm.clone(), watched);
+                    (rx, Vec::new(), true)
                 }
             }
         };
         let tap = ConsoleTap {
+            scrollback,
             output,
             fleet: self.clone(),
             vm: vm.clone(),
@@ -517,9 +564,12 @@ impl Fleet {
     /// Hands console bytes to the VM's watchers; only the node the console is attached on may
     /// send them.
     fn console_output(&self, node: &NodeId, c: &ConsoleData) -> Result<(), String> {
-        match self.consoles().get(&c.vm_id) {
-            Some((on, tx)) if on == node => {
-                let _ = tx.send(bytes::Bytes::from(c.data.0.clone()));
+        match self.consoles().get_mut(&c.vm_id) {
+            Some(w) if w.node == *node => {
+                w.scrollback.extend(&c.data.0);
+                let over = w.scrollback.len().saturating_sub(CONSOLE_SCROLLBACK);
+                w.scrollback.drain(..over);
+                let _ = w.tx.send(bytes::Bytes::from(c.data.0.clone()));
                 Ok(())
             }
             Some(_) => Err(format!("VM {} is not attached on this node", c.vm_id)),

@@ -19,6 +19,7 @@ mod routes;
 pub mod scheduler;
 pub mod signin;
 pub mod vms;
+mod ws;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -15,6 +15,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ping", post(ping))
         .route("/auth/nonce", get(crate::signin::nonce))
         .route("/auth/login", post(crate::signin::login))
+        .route("/ws/vms/{name}", get(crate::ws::monitor))
+        .route("/ws/vms/{name}/console", get(crate::ws::console))
         .route("/vm/create", post(crate::vms::create))
         .route("/vm/boot", post(crate::vms::boot))
         .route("/vm/start", post(crate::vms::start))

@@ -120,7 +120,11 @@ fn authorize(
 }
 
 /// VM `id` of `owner`; anyone else's (or a container, or a deleted VM) is not found.
-async fn owned(store: &Store, id: &VmId, owner: &WalletAddress) -> Result<VmRecord, ApiError> {
+pub(crate) async fn owned(
+    store: &Store,
+    id: &VmId,
+    owner: &WalletAddress,
+) -> Result<VmRecord, ApiError> {
     let missing = || ApiError::NotFound(format!("VM {id} was not found"));
     let vm = match store.get_vm(id).await {
         Ok(vm) => vm,
@@ -133,7 +137,7 @@ async fn owned(store: &Store, id: &VmId, owner: &WalletAddress) -> Result<VmReco
     Ok(vm)
 }
 
-fn fleet(state: &AppState) -> Result<&Fleet, ApiError> {
+pub(crate) fn fleet(state: &AppState) -> Result<&Fleet, ApiError> {
     state
         .fleet
         .as_ref()
@@ -161,7 +165,7 @@ async fn audit(
     }
 }
 
-fn info(vm: &VmRecord) -> VmInfo {
+pub(crate) fn info(vm: &VmRecord) -> VmInfo {
     VmInfo {
         build_id: vm.id.clone(),
         name: vm.name.clone(),
@@ -341,8 +345,43 @@ async fn drive(
     done: &'static str,
 ) -> Result<Json<ActionResponse>, ApiError> {
     authorize(token, owner, Permission::Control)?;
+    let vm = owned(store(state)?, req_vm, owner).await?;
+    let (during, task) = match begin_operation(state, token, &vm, op, operation).await? {
+        Begun::Running { during, task } => (during, task),
+        Begun::Done(message) => return Ok(Json(ActionResponse::new(message))),
+    };
+    Ok(Json(match answer_soon(task).await {
+        Some(Ok(_)) => ActionResponse::new(done),
+        Some(Err(e)) => return Err(e),
+        None => ActionResponse::new(format!(
+            "{} in progress (state {during}): its end shows in /vm/info",
+            op_name(op)
+        )),
+    }))
+}
+
+/// An operation on its way.
+pub(crate) enum Begun {
+    /// Sent to the node; the VM shows `during` until the task ends.
+    Running {
+        during: VmState,
+        task: tokio::task::JoinHandle<Result<VmCommandReply, ApiError>>,
+    },
+    /// Finished without the node (a forced stop while the node is unreachable).
+    Done(String),
+}
+
+/// Starts `op` on `vm` (whose owner the caller was checked to act for): one operation per VM
+/// at a time (a forced stop excepted), the state machine asked first, the VM's `during` state
+/// recorded, the command sent to its node in a task.
+pub(crate) async fn begin_operation(
+    state: &AppState,
+    token: &VerifiedToken,
+    vm: &VmRecord,
+    op: VmOp,
+    operation: VmOperation,
+) -> Result<Begun, ApiError> {
     let store = store(state)?.clone();
-    let vm = owned(&store, req_vm, owner).await?;
     let forced = matches!(operation, VmOperation::Stop { force: true, .. });
     // A forced stop gets the VM out of whatever holds it; anything else waits its turn.
     let hold = if forced {
@@ -370,7 +409,8 @@ async fn drive(
     )
     .await;
     if forced && !fleet.is_connected(&node) {
-        return forced_off_unreachable(&store, &vm, &node).await;
+        let Json(answer) = forced_off_unreachable(&store, vm, &node).await?;
+        return Ok(Begun::Done(answer.message));
     }
     store
         .update_vm_state(&vm.id, transition.during, None, None)
@@ -381,15 +421,10 @@ async fn drive(
         let _hold = hold;
         run_on_node(&store, &fleet, &node, &id, before, operation).await
     });
-    Ok(Json(match answer_soon(task).await {
-        Some(Ok(_)) => ActionResponse::new(done),
-        Some(Err(e)) => return Err(e),
-        None => ActionResponse::new(format!(
-            "{} in progress (state {}): its end shows in /vm/info",
-            op_name(op),
-            transition.during
-        )),
-    }))
+    Ok(Begun::Running {
+        during: transition.during,
+        task,
+    })
 }
 
 fn op_name(op: VmOp) -> &'static str {

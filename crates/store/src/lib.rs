@@ -62,7 +62,12 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The VMs and containers whose rows this process changed, as it changes them.
+    changes: tokio::sync::broadcast::Sender<vmfleet_core::VmId>,
 }
+
+/// How many changes a slow watcher may fall behind before it misses some.
+const CHANGES_BUFFER: usize = 4096;
 
 impl Store {
     /// Opens the database at `url` and brings its schema up to date.
@@ -134,6 +139,7 @@ impl Store {
         let store = Store {
             pool,
             backend: Backend::Sqlite,
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
         };
         store.migrate().await?;
         Ok(store)
@@ -148,6 +154,7 @@ impl Store {
         let store = Store {
             pool,
             backend: Backend::Postgres,
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
         };
         store.migrate().await?;
         Ok(store)
@@ -170,6 +177,17 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// The ids of the VMs and containers whose rows change from now on (state, placement,
+    /// run, deletion), as this process writes them: what live views follow. A watcher that
+    /// falls behind gets `Lagged` and should re-read what it shows.
+    pub fn vm_changes(&self) -> tokio::sync::broadcast::Receiver<vmfleet_core::VmId> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn changed(&self, id: &vmfleet_core::VmId) {
+        let _ = self.changes.send(id.clone());
     }
 
     /// Which database this is.

@@ -200,7 +200,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => vm(&row),
+            Some(row) => {
+                self.changed(id);
+                vm(&row)
+            }
             None => Err(self.refusal_for_deleted(id).await),
         }
     }
@@ -229,7 +232,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await;
         match row {
-            Ok(Some(row)) => vm(&row),
+            Ok(Some(row)) => {
+                self.changed(id);
+                vm(&row)
+            }
             Ok(None) => Err(self.refusal_for_deleted(id).await),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                 "rental {} already belongs to another VM",
@@ -273,7 +279,8 @@ impl Store {
         .await?
         .iter()
         .map(vm)
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .inspect(|lost| lost.iter().for_each(|v| self.changed(&v.id)))
     }
 
     /// Places (or with `None` unplaces) a VM without looking at capacity: for recording facts,
@@ -290,7 +297,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await;
         match row {
-            Ok(Some(row)) => vm(&row),
+            Ok(Some(row)) => {
+                self.changed(id);
+                vm(&row)
+            }
             Ok(None) => Err(self.refusal_for_deleted(id).await),
             Err(e) if is_foreign_key_violation(&e) => Err(not_found(
                 "node",
@@ -316,6 +326,8 @@ impl Store {
         if done.rows_affected() == 0 {
             // Missing, or already deleted.
             self.get_vm(id).await?;
+        } else {
+            self.changed(id);
         }
         Ok(())
     }
@@ -397,6 +409,7 @@ impl Store {
             )));
         }
         tx.commit().await?;
+        self.changed(vm);
         Ok(true)
     }
 
