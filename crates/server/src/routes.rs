@@ -15,6 +15,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ping", post(ping))
         .route("/auth/nonce", get(crate::signin::nonce))
         .route("/auth/login", post(crate::signin::login))
+        .route(
+            "/auth/tokens",
+            post(crate::api_tokens::create).get(crate::api_tokens::list),
+        )
+        .route(
+            "/auth/tokens/{id}",
+            axum::routing::delete(crate::api_tokens::revoke),
+        )
         .route("/vm/create", post(crate::vms::create))
         .route("/vm/boot", post(crate::vms::boot))
         .route("/vm/start", post(crate::vms::start))
