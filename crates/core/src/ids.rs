@@ -228,6 +228,24 @@ impl fmt::Display for JobId {
     }
 }
 
+/// A long-lived API token's id (assigned by the control plane's database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiTokenId(pub i64);
+
+impl fmt::Display for ApiTokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for ApiTokenId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(ApiTokenId)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

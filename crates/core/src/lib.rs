@@ -10,8 +10,8 @@ mod time;
 
 pub use address::{AddressError, ChecksumAddress, WalletAddress};
 pub use ids::{
-    BuyerId, ContainerId, GpuIndex, IdError, IdErrorReason, ImageName, ImageRef, JobId, NodeId,
-    RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
+    ApiTokenId, BuyerId, ContainerId, GpuIndex, IdError, IdErrorReason, ImageName, ImageRef, JobId,
+    NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
 };
 pub use resources::{ResourceError, VmResources};
 pub use size::{ByteSize, SizeError};

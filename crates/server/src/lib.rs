@@ -5,6 +5,7 @@
 //! [`app`] builds the router from a state and touches no socket, so tests drive it directly;
 //! [`serve`] binds it to a listener.
 
+pub mod api_tokens;
 pub mod caller;
 mod containers;
 mod error;

@@ -5,8 +5,9 @@
 //!   and `-`, starting with a letter or digit) is kept; anything else is replaced by a fresh
 //!   UUID. It is a field of the `request` span every log line of the request is written in,
 //!   and the `X-Request-Id` of the response.
-//! - Caller: the bearer token is verified once here; handlers' [`crate::caller::Caller`]
-//!   reuses the result.
+//! - Caller: the bearer token (a sign-in JWT, or an API token looked up in the store) is
+//!   verified once here; handlers' [`crate::caller::Caller`] reuses the result, refusal
+//!   included. An API token counts against its owner's rate limit, like the owner's JWT.
 //! - Rate limit ([`crate::ratelimit`]): every response to a limited caller carries
 //!   `X-RateLimit-Limit` (requests a minute), `X-RateLimit-Remaining` and `X-RateLimit-Reset`
 //!   (seconds until the bucket is full again); over the limit it is 429 with `Retry-After`.
@@ -22,10 +23,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
-use vmfleet_core::{RequestId, Timestamp};
+use vmfleet_core::RequestId;
 
 use crate::AppState;
-use crate::caller::{Caller, bearer_token};
+use crate::caller::{self, Caller};
 use crate::error::ApiError;
 use crate::metrics::UNMATCHED;
 use crate::ratelimit::{Decision, RateKey};
@@ -88,13 +89,8 @@ pub(crate) async fn observe(
     };
     let span = tracing::info_span!("request", id = %id);
 
-    let caller = bearer_token(req.headers()).and_then(|t| {
-        state
-            .jwt
-            .verify(t, Timestamp::now().unix_seconds())
-            .ok()
-            .map(Caller)
-    });
+    let verified = caller::verify(&state, req.headers()).await;
+    let caller = verified.as_ref().ok().map(|(c, _)| c.clone());
     let subject = caller.as_ref().map(|Caller(t)| t.subject.to_string());
     let decision = if exempt(&path) {
         None
@@ -113,9 +109,7 @@ pub(crate) async fn observe(
         };
         limit.map(|l| state.limiter.check(&key, l, started))
     };
-    if let Some(c) = caller {
-        req.extensions_mut().insert(c);
-    }
+    caller::remember(req.extensions_mut(), verified);
 
     let mut resp = match decision {
         Some(d) if !d.allowed => {

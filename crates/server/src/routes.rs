@@ -17,6 +17,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/auth/login", post(crate::signin::login))
         .route("/ws/vms/{name}", get(crate::ws::monitor))
         .route("/ws/vms/{name}/console", get(crate::ws::console))
+        .route(
+            "/auth/tokens",
+            post(crate::api_tokens::create).get(crate::api_tokens::list),
+        )
+        .route(
+            "/auth/tokens/{id}",
+            axum::routing::delete(crate::api_tokens::revoke),
+        )
         .route("/vm/create", post(crate::vms::create))
         .route("/vm/boot", post(crate::vms::boot))
         .route("/vm/start", post(crate::vms::start))

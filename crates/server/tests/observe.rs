@@ -64,6 +64,10 @@ async fn logs_carry_request_ids_and_never_secrets() {
         Timestamp::now().unix_seconds(),
         3600,
     );
+    let wallet =
+        vmfleet_core::WalletAddress::parse("0x00000000000000000000000000000000000000aa").unwrap();
+    let store = state.store.clone().unwrap();
+    store.upsert_user(&wallet, Role::Standard).await.unwrap();
     let app = vmfleet_server::app(state);
 
     // A bearer token in the header and another in the query string.
@@ -101,8 +105,61 @@ async fn logs_carry_request_ids_and_never_secrets() {
     let login_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(login_id.len(), 36, "{login_id}");
 
+    // An API token: made (its secret in the answer), used, revoked, refused.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/auth/tokens")
+                .header("authorization", format!("Bearer {admin}"))
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    serde_json::json!({"name": "ci", "owner": wallet}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: serde_json::Value = serde_json::from_slice(
+        &axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let api_token = created["token"].as_str().unwrap().to_owned();
+    assert!(api_token.starts_with("vmf_"), "{api_token}");
+    let with_api_token = |path: &str, id: &str| {
+        Request::post(path)
+            .header("authorization", format!("Bearer {api_token}"))
+            .header("x-request-id", id)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = app
+        .clone()
+        .oneshot(with_api_token("/vm/list", "req-api-1"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let id = vmfleet_core::ApiTokenId(created["id"].as_i64().unwrap());
+    store.revoke_api_token(&wallet, id).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(with_api_token("/vm/list", "req-api-2"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
     let text = logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("vmfleet::access")
+            && l.contains("id=req-api-1")
+            && l.contains(&format!("caller=\"{wallet}\""))),
+        "an API token's caller is its owner:\n{text}"
+    );
     for secret in [
+        api_token.as_str(),
+        api_token.trim_start_matches("vmf_"),
         admin.as_str(),
         admin.rsplit('.').next().unwrap(),
         "query-secret-123",

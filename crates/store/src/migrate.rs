@@ -29,6 +29,11 @@ const SQLITE: &[Version] = &[
         "instances",
         include_str!("../migrations/sqlite/0002_instances.sql"),
     ),
+    (
+        3,
+        "api_token_scopes",
+        include_str!("../migrations/sqlite/0003_api_token_scopes.sql"),
+    ),
 ];
 
 const POSTGRES: &[Version] = &[
@@ -41,6 +46,11 @@ const POSTGRES: &[Version] = &[
         2,
         "instances",
         include_str!("../migrations/postgres/0002_instances.sql"),
+    ),
+    (
+        3,
+        "api_token_scopes",
+        include_str!("../migrations/postgres/0003_api_token_scopes.sql"),
     ),
 ];
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use vmfleet_auth::Role;
+use vmfleet_auth::{Permission, Role};
 use vmfleet_core::{
     ContainerId, NodeId, RentalId, Timestamp, VmId, VmName, VmResources, VmState, WalletAddress,
 };
@@ -280,15 +280,7 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// A long-lived API token's id (assigned by the database).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ApiTokenId(pub i64);
-
-impl fmt::Display for ApiTokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use vmfleet_core::ApiTokenId;
 
 /// A long-lived API token. The secret itself is never stored, only its [`SecretHash`].
 ///
@@ -298,8 +290,20 @@ pub struct ApiToken {
     pub id: ApiTokenId,
     pub owner: WalletAddress,
     pub name: String,
+    /// What the token lets its holder do (at most what its owner may), sorted, at least one.
+    pub permissions: Vec<Permission>,
     pub created_at: Timestamp,
+    /// When it stops authenticating; `None`: never (until revoked).
+    pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+}
+
+/// An API token as authentication sees it: the token (revoked or not) and its owner's current
+/// role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenCredential {
+    pub token: ApiToken,
+    pub role: Role,
 }
 
 // ---- Text forms of the enums above, as stored. ----
@@ -319,6 +323,30 @@ pub(crate) fn parse_role(s: &str) -> Result<Role, StoreError> {
         "admin" => Ok(Role::Admin),
         _ => Err(StoreError::Corrupt(format!("unknown role {s:?}"))),
     }
+}
+
+/// Permissions as stored: their names, comma-separated.
+pub(crate) fn permissions_str(perms: &[Permission]) -> String {
+    perms
+        .iter()
+        .map(|p| match p {
+            Permission::Read => "read",
+            Permission::Control => "control",
+            Permission::Console => "console",
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub(crate) fn parse_permissions(s: &str) -> Result<Vec<Permission>, StoreError> {
+    s.split(',')
+        .map(|p| match p {
+            "read" => Ok(Permission::Read),
+            "control" => Ok(Permission::Control),
+            "console" => Ok(Permission::Console),
+            _ => Err(StoreError::Corrupt(format!("unknown permission {p:?}"))),
+        })
+        .collect()
 }
 
 pub(crate) fn parse_state(s: &str) -> Result<VmState, StoreError> {

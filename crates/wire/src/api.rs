@@ -7,8 +7,9 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use vmfleet_auth::Permission;
 use vmfleet_core::{
-    ChecksumAddress, ImageName, NodeId, SnapshotId, VmId, VmName, VmResources, VmState,
+    ApiTokenId, ChecksumAddress, ImageName, NodeId, SnapshotId, VmId, VmName, VmResources, VmState,
     WalletAddress,
 };
 
@@ -336,6 +337,62 @@ pub struct LoginResponse {
     pub expires_at: i64,
 }
 
+/// `POST /auth/tokens`: a long-lived API token for automation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenRequest {
+    /// 1 to 128 bytes, no control characters; unique among the owner's live tokens.
+    pub name: String,
+    /// At most what the caller's own token has; omitted: all of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<Permission>>,
+    /// 1 to 365 days; omitted: the token never expires (until revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+    /// Whose token it is: the signed-in wallet when omitted; an admin may name any user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<WalletAddress>,
+}
+
+/// An API token as `GET /auth/tokens` lists it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenView {
+    pub id: ApiTokenId,
+    pub name: String,
+    pub owner: ChecksumAddress,
+    pub permissions: Vec<Permission>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `null`: never.
+    pub expires_at: Option<i64>,
+}
+
+/// `POST /auth/tokens` answers 201 with the token's secret, shown here once: the server keeps
+/// only its hash. It goes in `Authorization: Bearer vmf_...` wherever a sign-in JWT does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenResponse {
+    pub id: ApiTokenId,
+    pub name: String,
+    /// `vmf_` and 43 characters of base64url.
+    pub token: String,
+    pub owner: ChecksumAddress,
+    pub permissions: Vec<Permission>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `null`: never.
+    pub expires_at: Option<i64>,
+}
+
+/// `GET /auth/tokens` and `DELETE /auth/tokens/{id}` query: an admin may name any owner.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<WalletAddress>,
+}
+
 /// `POST /nodes` (admin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -414,5 +471,32 @@ mod tests {
             "\"kernel\":\"../../etc/shadow\",\"vcpu_count\"",
         );
         assert!(decode_body::<CreateVmRequest>("create", &escape).is_err());
+    }
+
+    #[test]
+    fn api_token_requests_are_typed() {
+        let req: CreateApiTokenRequest = decode_body(
+            "token",
+            r#"{"name":"ci","permissions":["read"],"expires_in_days":30}"#,
+        )
+        .unwrap();
+        assert_eq!(req.permissions, Some(vec![Permission::Read]));
+        assert_eq!(req.expires_in_days, Some(30));
+        let bare: CreateApiTokenRequest = decode_body("token", r#"{"name":"ci"}"#).unwrap();
+        assert_eq!(
+            (bare.permissions, bare.expires_in_days, bare.owner),
+            (None, None, None)
+        );
+        for bad in [
+            r#"{"name":"ci","permissions":["root"]}"#,
+            r#"{"name":"ci","expires_in_days":-1}"#,
+            r#"{"name":"ci","scopes":[]}"#,
+            r#"{"permissions":["read"]}"#,
+        ] {
+            assert!(
+                decode_body::<CreateApiTokenRequest>("token", bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

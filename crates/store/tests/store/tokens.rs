@@ -1,12 +1,15 @@
-use vmfleet_auth::{SecretHash, generate_secret};
+use vmfleet_auth::{Permission, Role, SecretHash, generate_secret};
 use vmfleet_core::Timestamp;
 use vmfleet_store::{ApiTokenId, StoreError};
+
+const ALL: [Permission; 3] = [Permission::Read, Permission::Control, Permission::Console];
 
 use crate::common::{TestDb, on_both_backends, user, wallet};
 
 on_both_backends!(
     nonces_are_taken_once_before_they_expire,
     api_tokens_are_hashed_and_revocable,
+    api_tokens_carry_permissions_expiry_and_the_owner_role,
 );
 
 async fn nonces_are_taken_once_before_they_expire(db: &TestDb) {
@@ -62,7 +65,7 @@ async fn api_tokens_are_hashed_and_revocable(db: &TestDb) {
     let b = user(s, 2).await;
     let secret = generate_secret();
     let t = s
-        .create_api_token(&a, "ci", &SecretHash::of(&secret))
+        .create_api_token(&a, "ci", &SecretHash::of(&secret), &ALL, None)
         .await
         .unwrap();
     assert_eq!(
@@ -81,17 +84,23 @@ async fn api_tokens_are_hashed_and_revocable(db: &TestDb) {
     );
     // Names are unique per owner among live tokens.
     let e = s
-        .create_api_token(&a, "ci", &SecretHash::of(&generate_secret()))
+        .create_api_token(&a, "ci", &SecretHash::of(&generate_secret()), &ALL, None)
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)), "{e}");
     let tb = s
-        .create_api_token(&b, "ci", &SecretHash::of(&generate_secret()))
+        .create_api_token(&b, "ci", &SecretHash::of(&generate_secret()), &ALL, None)
         .await
         .unwrap();
     assert!(matches!(
-        s.create_api_token(&wallet(99), "x", &SecretHash::of(&generate_secret()))
-            .await,
+        s.create_api_token(
+            &wallet(99),
+            "x",
+            &SecretHash::of(&generate_secret()),
+            &ALL,
+            None
+        )
+        .await,
         Err(StoreError::NotFound { what: "user", .. })
     ));
     assert_eq!(s.list_api_tokens(&a).await.unwrap(), vec![t.clone()]);
@@ -113,8 +122,64 @@ async fn api_tokens_are_hashed_and_revocable(db: &TestDb) {
     assert!(s.list_api_tokens(&a).await.unwrap().is_empty());
     s.revoke_api_token(&a, t.id).await.unwrap();
     // The name is free again; b's token is untouched.
-    s.create_api_token(&a, "ci", &SecretHash::of(&generate_secret()))
+    s.create_api_token(&a, "ci", &SecretHash::of(&generate_secret()), &ALL, None)
         .await
         .unwrap();
     assert_eq!(s.list_api_tokens(&b).await.unwrap(), vec![tb]);
+}
+
+async fn api_tokens_carry_permissions_expiry_and_the_owner_role(db: &TestDb) {
+    let s = &db.store;
+    let a = user(s, 1).await;
+    let secret = generate_secret();
+    let hash = SecretHash::of(&secret);
+    let later = Timestamp::from_unix_millis(4_000_000_000_000);
+    // Permissions are kept sorted and without repeats.
+    let t = s
+        .create_api_token(
+            &a,
+            "ro",
+            &hash,
+            &[Permission::Read, Permission::Console, Permission::Read],
+            Some(&later),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.permissions, vec![Permission::Read, Permission::Console]);
+    assert_eq!(t.expires_at, Some(later.clone()));
+    assert_eq!(s.list_api_tokens(&a).await.unwrap(), vec![t.clone()]);
+    let c = s.api_token_credential(&hash).await.unwrap().unwrap();
+    assert_eq!((c.token, c.role), (t.clone(), Role::Standard));
+    // The owner's current role, not the one at creation.
+    s.set_role(&a, Role::Privileged).await.unwrap();
+    let c = s.api_token_credential(&hash).await.unwrap().unwrap();
+    assert_eq!(c.role, Role::Privileged);
+    // A revoked token is still found here, marked revoked, so authentication can say so.
+    s.revoke_api_token(&a, t.id).await.unwrap();
+    let c = s.api_token_credential(&hash).await.unwrap().unwrap();
+    assert!(c.token.revoked_at.is_some());
+    assert_eq!(s.api_token_by_hash(&hash).await.unwrap(), None);
+    assert_eq!(
+        s.api_token_credential(&SecretHash::of(&generate_secret()))
+            .await
+            .unwrap(),
+        None
+    );
+    // Without expiry; and a token with no permission is refused.
+    let t = s
+        .create_api_token(
+            &a,
+            "forever",
+            &SecretHash::of(&generate_secret()),
+            &ALL,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((t.expires_at, t.permissions), (None, ALL.to_vec()));
+    assert!(matches!(
+        s.create_api_token(&a, "none", &SecretHash::of(&generate_secret()), &[], None)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
 }
