@@ -16,6 +16,7 @@ use crate::flag::Success;
 
 /// `GET /health` answers the JSON string `"healthy"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub enum Health {
     #[serde(rename = "healthy")]
     Healthy,
@@ -23,12 +24,14 @@ pub enum Health {
 
 /// `POST /ping`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PingRequest {
     pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PingResponse {
     pub message: String,
@@ -38,6 +41,7 @@ pub struct PingResponse {
 
 /// `POST /vm/create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     pub name: VmName,
@@ -47,6 +51,7 @@ pub struct CreateVmRequest {
 
 /// The shape of a new VM. `kernel` and `rootfs` name images of the node's catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub vcpu_count: u32,
@@ -97,6 +102,7 @@ impl VmConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmResponse {
     pub success: Success<true>,
@@ -107,6 +113,7 @@ pub struct CreateVmResponse {
 /// Names one VM of one owner: the body of `/vm/boot`, `/vm/start`, `/vm/reboot`,
 /// `/vm/delete`, `/vm/info`, `/vm/power-button` and `/vm/coredump`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmRef {
     pub build_id: VmId,
@@ -115,6 +122,7 @@ pub struct VmRef {
 
 /// `POST /vm/stop`: graceful unless `force`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StopVmRequest {
     pub build_id: VmId,
@@ -125,6 +133,7 @@ pub struct StopVmRequest {
 
 /// The body of every successful operation that returns nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActionResponse {
     pub success: Success<true>,
@@ -142,6 +151,7 @@ impl ActionResponse {
 
 /// `POST /vm/list`: the caller's VMs; an admin may ask for one owner's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ListVmsRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +160,7 @@ pub struct ListVmsRequest {
 
 /// A VM as `/vm/info` and `/vm/list` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmInfo {
     pub build_id: VmId,
@@ -167,6 +178,7 @@ pub struct VmInfo {
 
 /// `POST /vm/snapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
     pub build_id: VmId,
@@ -177,6 +189,7 @@ pub struct SnapshotRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotResponse {
     pub success: Success<true>,
@@ -186,6 +199,7 @@ pub struct SnapshotResponse {
 
 /// `POST /vm/restore`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub build_id: VmId,
@@ -195,6 +209,7 @@ pub struct RestoreRequest {
 
 /// `POST /vm/resize/vcpu`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResizeVcpuRequest {
     pub build_id: VmId,
@@ -204,6 +219,7 @@ pub struct ResizeVcpuRequest {
 
 /// `POST /vm/resize/memory`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResizeMemoryRequest {
     pub build_id: VmId,
@@ -213,6 +229,7 @@ pub struct ResizeMemoryRequest {
 
 /// `POST /vm/disk/add`: a new empty disk of `size_gb` GiB.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddDiskRequest {
     pub build_id: VmId,
@@ -224,6 +241,7 @@ pub struct AddDiskRequest {
 
 /// The body of every error: `success: false`, a sentence, and a machine-readable code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub success: Success<false>,
@@ -244,6 +262,7 @@ impl ErrorBody {
 
 /// Machine-readable error codes, one per HTTP status the API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ApiErrorCode {
     /// 400
@@ -287,6 +306,7 @@ impl ApiErrorCode {
 
 /// `GET /auth/nonce`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NonceResponse {
     pub nonce: String,
@@ -294,6 +314,7 @@ pub struct NonceResponse {
 
 /// `POST /auth/login`: an EIP-4361 message and its EIP-191 signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub message: String,
@@ -302,6 +323,7 @@ pub struct LoginRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginResponse {
     pub token: String,
@@ -312,6 +334,7 @@ pub struct LoginResponse {
 
 /// `POST /nodes` (admin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateNodeRequest {
     pub name: String,
@@ -319,6 +342,7 @@ pub struct CreateNodeRequest {
 
 /// The node's host key is shown here once; the server keeps only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateNodeResponse {
     pub node_id: NodeId,
@@ -327,6 +351,7 @@ pub struct CreateNodeResponse {
 
 /// A node's status in the registry (`shared/CONTRACT.md`, `GET /nodes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum NodeState {
     Online,
@@ -336,6 +361,7 @@ pub enum NodeState {
 
 /// What a node offers in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeCapacity {
     pub vcpus: u32,
@@ -346,6 +372,7 @@ pub struct NodeCapacity {
 
 /// A node as `GET /nodes` (admin) shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeView {
     pub node_id: NodeId,
