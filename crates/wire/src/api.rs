@@ -54,10 +54,16 @@ pub struct CreateVmRequest {
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
+    #[cfg_attr(feature = "openapi", schemars(range(min = 1, max = VmResources::MAX_VCPUS)))]
     pub vcpu_count: u32,
+    #[cfg_attr(
+        feature = "openapi",
+        schemars(range(min = VmResources::MIN_MEM_MIB, max = VmResources::MAX_MEM_MIB))
+    )]
     pub mem_size_mib: u64,
     /// Root disk size in GiB.
     #[serde(default = "default_disk_size")]
+    #[cfg_attr(feature = "openapi", schemars(range(min = 1, max = VmResources::MAX_DISK_GIB)))]
     pub disk_size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
