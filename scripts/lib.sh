@@ -53,6 +53,23 @@ ensure_python_socketio() {
     echo "$PWD/$venv/bin/python"
 }
 
+# schemathesis (PyPI, version $1) in its own venv, target/py-schemathesis; prints its path.
+ensure_schemathesis() {
+    local version="$1" venv=target/py-schemathesis
+    if [ ! -x "$venv/bin/python" ]; then
+        command -v python3 >/dev/null 2>&1 || ensure_packages python3
+        python3 -m venv "$venv" >/dev/null 2>&1 || {
+            ensure_packages python3-venv
+            python3 -m venv "$venv" >&2
+        }
+    fi
+    if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" != "$version" ]; then
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "schemathesis==$version" >&2
+    fi
+    echo "$PWD/$venv/bin/schemathesis"
+}
+
 # socket.io-client for Node.js (pinned by crates/tests/interop/package-lock.json), for the
 # interoperability tests.
 ensure_node_socketio() {

@@ -137,6 +137,17 @@ macro_rules! string_id {
                 Self::new(s).map_err(serde::de::Error::custom)
             }
         }
+
+        #[cfg(feature = "schemars")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                crate::schema::id_schema($kind, $max, $extra)
+            }
+        }
     };
 }
 

@@ -4,6 +4,8 @@
 mod address;
 mod ids;
 mod resources;
+#[cfg(feature = "schemars")]
+mod schema;
 mod size;
 mod state;
 mod time;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// vCPUs, memory and disk of a VM (seed 002 `resources`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmResources {
     pub vcpu_count: u32,

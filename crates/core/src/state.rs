@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// Defined, resources reserved, never booted.

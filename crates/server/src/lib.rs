@@ -1,6 +1,7 @@
-//! The control plane's one listener: REST (seed 002), Socket.IO `/fleet` (001) and `/metrics`
-//! today; WebSocket (004), the dashboard and `/openapi.json` join it as they are built. Every
-//! request passes [`observe`]: request id, rate limit, metrics, access log.
+//! The control plane's one listener: REST (seed 002, described by [`openapi`] at
+//! `/openapi.json`), Socket.IO `/fleet` (001) and `/metrics` today; WebSocket (004) and the
+//! dashboard join it as they are built. Every request passes [`observe`]: request id, rate
+//! limit, metrics, access log.
 //!
 //! [`app`] builds the router from a state and touches no socket, so tests drive it directly;
 //! [`serve`] binds it to a listener.
@@ -14,6 +15,7 @@ pub mod fleet;
 pub mod metrics;
 mod nodes;
 pub mod observe;
+pub mod openapi;
 pub mod ratelimit;
 pub mod registry;
 mod routes;

@@ -60,6 +60,7 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/usage", get(crate::containers::usage))
         .route("/metrics", get(crate::metrics::metrics))
+        .route("/openapi.json", get(crate::openapi::serve))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
 }

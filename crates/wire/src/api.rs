@@ -17,6 +17,7 @@ use crate::flag::Success;
 
 /// `GET /health` answers the JSON string `"healthy"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub enum Health {
     #[serde(rename = "healthy")]
     Healthy,
@@ -24,12 +25,14 @@ pub enum Health {
 
 /// `POST /ping`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PingRequest {
     pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PingResponse {
     pub message: String,
@@ -39,6 +42,7 @@ pub struct PingResponse {
 
 /// `POST /vm/create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     pub name: VmName,
@@ -48,12 +52,19 @@ pub struct CreateVmRequest {
 
 /// The shape of a new VM. `kernel` and `rootfs` name images of the node's catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
+    #[cfg_attr(feature = "openapi", schemars(range(min = 1, max = VmResources::MAX_VCPUS)))]
     pub vcpu_count: u32,
+    #[cfg_attr(
+        feature = "openapi",
+        schemars(range(min = VmResources::MIN_MEM_MIB, max = VmResources::MAX_MEM_MIB))
+    )]
     pub mem_size_mib: u64,
     /// Root disk size in GiB.
     #[serde(default = "default_disk_size")]
+    #[cfg_attr(feature = "openapi", schemars(range(min = 1, max = VmResources::MAX_DISK_GIB)))]
     pub disk_size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
@@ -98,6 +109,7 @@ impl VmConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmResponse {
     pub success: Success<true>,
@@ -108,6 +120,7 @@ pub struct CreateVmResponse {
 /// Names one VM of one owner: the body of `/vm/boot`, `/vm/start`, `/vm/reboot`,
 /// `/vm/delete`, `/vm/info`, `/vm/power-button` and `/vm/coredump`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmRef {
     pub build_id: VmId,
@@ -116,6 +129,7 @@ pub struct VmRef {
 
 /// `POST /vm/stop`: graceful unless `force`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StopVmRequest {
     pub build_id: VmId,
@@ -126,6 +140,7 @@ pub struct StopVmRequest {
 
 /// The body of every successful operation that returns nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActionResponse {
     pub success: Success<true>,
@@ -143,6 +158,7 @@ impl ActionResponse {
 
 /// `POST /vm/list`: the caller's VMs; an admin may ask for one owner's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ListVmsRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +167,7 @@ pub struct ListVmsRequest {
 
 /// A VM as `/vm/info` and `/vm/list` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmInfo {
     pub build_id: VmId,
@@ -168,6 +185,7 @@ pub struct VmInfo {
 
 /// `POST /vm/snapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
     pub build_id: VmId,
@@ -178,6 +196,7 @@ pub struct SnapshotRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotResponse {
     pub success: Success<true>,
@@ -213,6 +232,7 @@ pub struct CoredumpResponse {
 
 /// `POST /vm/restore`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub build_id: VmId,
@@ -222,6 +242,7 @@ pub struct RestoreRequest {
 
 /// `POST /vm/resize/vcpu`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResizeVcpuRequest {
     pub build_id: VmId,
@@ -231,6 +252,7 @@ pub struct ResizeVcpuRequest {
 
 /// `POST /vm/resize/memory`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResizeMemoryRequest {
     pub build_id: VmId,
@@ -240,6 +262,7 @@ pub struct ResizeMemoryRequest {
 
 /// `POST /vm/disk/add`: a new empty disk of `size_gb` GiB.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddDiskRequest {
     pub build_id: VmId,
@@ -251,6 +274,7 @@ pub struct AddDiskRequest {
 
 /// The body of every error: `success: false`, a sentence, and a machine-readable code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub success: Success<false>,
@@ -271,6 +295,7 @@ impl ErrorBody {
 
 /// Machine-readable error codes, one per HTTP status the API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ApiErrorCode {
     /// 400
@@ -314,6 +339,7 @@ impl ApiErrorCode {
 
 /// `GET /auth/nonce`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NonceResponse {
     pub nonce: String,
@@ -321,6 +347,7 @@ pub struct NonceResponse {
 
 /// `POST /auth/login`: an EIP-4361 message and its EIP-191 signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub message: String,
@@ -329,6 +356,7 @@ pub struct LoginRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginResponse {
     pub token: String,
@@ -395,6 +423,7 @@ pub struct ApiTokenQuery {
 
 /// `POST /nodes` (admin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateNodeRequest {
     pub name: String,
@@ -402,6 +431,7 @@ pub struct CreateNodeRequest {
 
 /// The node's host key is shown here once; the server keeps only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateNodeResponse {
     pub node_id: NodeId,
@@ -410,6 +440,7 @@ pub struct CreateNodeResponse {
 
 /// A node's status in the registry (`shared/CONTRACT.md`, `GET /nodes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum NodeState {
     Online,
@@ -419,6 +450,7 @@ pub enum NodeState {
 
 /// What a node offers in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeCapacity {
     pub vcpus: u32,
@@ -429,6 +461,7 @@ pub struct NodeCapacity {
 
 /// A node as `GET /nodes` (admin) shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeView {
     pub node_id: NodeId,

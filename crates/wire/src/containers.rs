@@ -11,6 +11,7 @@ use crate::fleet::ConnectionInfo;
 
 /// `POST /containers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateContainerRequest {
     /// Unique among the owner's containers and VMs.
@@ -39,6 +40,7 @@ pub struct CreateContainerRequest {
 
 /// What the control plane keeps of a container's request, and sends in `start_instance`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
     pub image: ImageRef,
@@ -58,6 +60,7 @@ pub struct ContainerSpec {
 
 /// A container as `POST /containers`, `GET /containers` and `GET /containers/{id}` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerView {
     pub id: VmId,
@@ -78,6 +81,7 @@ pub struct ContainerView {
 
 /// `GET /usage` query: an admin may ask for any owner's or any node's usage.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,7 @@ pub struct UsageQuery {
 
 /// `GET /usage`: what the ended rentals of an owner (or on a node) consumed, in billing units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UsageView {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -31,3 +31,18 @@ impl<'de, const OK: bool> Deserialize<'de> for Success<OK> {
         }
     }
 }
+
+#[cfg(feature = "openapi")]
+impl<const OK: bool> schemars::JsonSchema for Success<OK> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        if OK { "SuccessTrue" } else { "SuccessFalse" }.into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "boolean", "const": OK })
+    }
+}

@@ -56,6 +56,7 @@ pub enum NodeStatus {
 /// Host metrics, read from the host (never invented). GPU arrays are per GPU, in index order,
 /// and empty on a host without GPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostMetrics {
     /// Degrees Celsius; `null` where the host exposes no sensor.
@@ -86,6 +87,7 @@ pub struct InstanceStarted {
 
 /// How a renter reaches the instance: the proxy's host and ports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionInfo {
     pub ssh_host: String,
