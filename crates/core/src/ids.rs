@@ -241,6 +241,7 @@ impl fmt::Display for JobId {
 
 /// A long-lived API token's id (assigned by the control plane's database).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct ApiTokenId(pub i64);
 

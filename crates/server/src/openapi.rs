@@ -12,10 +12,12 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 use vmfleet_core::{NodeId, VmId};
 use vmfleet_wire::api::{
-    ActionResponse, AddDiskRequest, CreateNodeRequest, CreateNodeResponse, CreateVmRequest,
-    CreateVmResponse, ErrorBody, Health, ListVmsRequest, LoginRequest, LoginResponse, NodeView,
-    NonceResponse, PingRequest, PingResponse, ResizeMemoryRequest, ResizeVcpuRequest,
-    RestoreRequest, SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo, VmRef,
+    ActionResponse, AddDiskRequest, ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse,
+    CoredumpResponse, CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest,
+    CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
+    LoginRequest, LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse,
+    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
+    StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::containers::{ContainerView, CreateContainerRequest, UsageQuery, UsageView};
 
@@ -47,6 +49,8 @@ pub(crate) enum Answer {
     Json(u16, SchemaFn),
     /// Prometheus text.
     Text,
+    /// A WebSocket (seeds 003/004): 101 on an upgrade request, its messages described there.
+    WebSocket,
     /// No success at all: the operation is not built yet (501).
     NotImplemented,
 }
@@ -62,7 +66,7 @@ pub(crate) struct Operation {
     pub body: Option<SchemaFn>,
     /// An object schema whose properties are the query parameters.
     pub query: Option<SchemaFn>,
-    /// The schema of the path parameter `{id}`, if the path has one.
+    /// The schema of the path's one parameter (`{id}`, `{name}`), if it has one.
     pub path_id: Option<SchemaFn>,
     pub answer: Answer,
     /// The error statuses the handler itself gives, besides the ones every operation of its
@@ -109,6 +113,10 @@ impl Operation {
         self.answer = Answer::Text;
         self
     }
+    const fn websocket(mut self) -> Self {
+        self.answer = Answer::WebSocket;
+        self
+    }
     const fn errors(mut self, errors: &'static [u16]) -> Self {
         self.errors = errors;
         self
@@ -151,6 +159,41 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .body(schema::<PingRequest>)
         .ok(200, schema::<PingResponse>)
         .errors(&[400]),
+    op(POST, "/auth/tokens", "A long-lived API token, shown once")
+        .body(schema::<CreateApiTokenRequest>)
+        .ok(201, schema::<CreateApiTokenResponse>)
+        .errors(&[400, 403, 409, 500, 503]),
+    op(
+        GET,
+        "/auth/tokens",
+        "The caller's API tokens, never their secrets",
+    )
+    .query(inline::<ApiTokenQuery>)
+    .ok(200, schema::<Vec<ApiTokenView>>)
+    .errors(&[400, 403, 500, 503]),
+    op(DELETE, "/auth/tokens/{id}", "Revoke an API token")
+        .query(inline::<ApiTokenQuery>)
+        .path_id(schema::<vmfleet_core::ApiTokenId>)
+        .ok(200, schema::<ActionResponse>)
+        .errors(&[400, 403, 404, 500, 503]),
+    op(
+        GET,
+        "/ws/vms/{name}",
+        "Live status, metrics and commands of one VM (WebSocket)",
+    )
+    .access(Access::Anyone)
+    .path_id(schema::<vmfleet_core::VmName>)
+    .websocket()
+    .errors(&[400]),
+    op(
+        GET,
+        "/ws/vms/{name}/console",
+        "A VM's serial console (WebSocket)",
+    )
+    .access(Access::Anyone)
+    .path_id(schema::<vmfleet_core::VmName>)
+    .websocket()
+    .errors(&[400]),
     op(GET, "/auth/nonce", "A single-use sign-in nonce")
         .access(Access::Anyone)
         .ok(200, schema::<NonceResponse>)
@@ -224,8 +267,22 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .body(schema::<AddDiskRequest>)
         .ok(200, schema::<ActionResponse>)
         .errors(VM_ERRORS),
-    op(POST, "/vm/commit", "Not implemented yet"),
-    op(POST, "/vm/coredump", "Not implemented yet"),
+    op(
+        POST,
+        "/vm/commit",
+        "Save a stopped VM's disk as an image of its node's catalog",
+    )
+    .body(schema::<CommitRequest>)
+    .ok(200, schema::<CommitResponse>)
+    .errors(VM_ERRORS),
+    op(
+        POST,
+        "/vm/coredump",
+        "Write a running guest's memory to a core file on its node",
+    )
+    .body(schema::<VmRef>)
+    .ok(200, schema::<CoredumpResponse>)
+    .errors(VM_ERRORS),
     op(POST, "/vm/device/add", "Not implemented yet"),
     op(POST, "/vm/device/remove", "Not implemented yet"),
     op(POST, "/vm/fs/add", "Not implemented yet"),
@@ -341,6 +398,12 @@ fn operation(g: &mut SchemaGenerator, op: &Operation) -> Value {
                 }),
             );
         }
+        Answer::WebSocket => {
+            responses.insert(
+                "101".into(),
+                json!({ "description": "Switching to the WebSocket protocol of seed 004 (`{type, timestamp, data}` messages); a bad token or VM is an `error` message on the socket" }),
+            );
+        }
         Answer::NotImplemented => {}
     }
     let mut errors: Vec<u16> = op.errors.to_vec();
@@ -375,7 +438,12 @@ fn operation(g: &mut SchemaGenerator, op: &Operation) -> Value {
     );
     let mut parameters = Vec::new();
     if let Some(id) = op.path_id {
-        parameters.push(json!({ "name": "id", "in": "path", "required": true, "schema": id(g) }));
+        let name = op
+            .path
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map_or("id", |(name, _)| name);
+        parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": id(g) }));
     }
     if let Some(query) = op.query {
         let object = query(g);

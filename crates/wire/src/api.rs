@@ -206,6 +206,7 @@ pub struct SnapshotResponse {
 
 /// `POST /vm/commit`: the stopped VM's root disk saved as a new image of its node's catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     pub build_id: VmId,
@@ -214,6 +215,7 @@ pub struct CommitRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitResponse {
     pub success: Success<true>,
@@ -223,6 +225,7 @@ pub struct CommitResponse {
 
 /// The answer of `POST /vm/coredump`: where the core file was written on the VM's node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CoredumpResponse {
     pub success: Success<true>,
@@ -367,6 +370,7 @@ pub struct LoginResponse {
 
 /// `POST /auth/tokens`: a long-lived API token for automation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
     /// 1 to 128 bytes, no control characters; unique among the owner's live tokens.
@@ -384,6 +388,7 @@ pub struct CreateApiTokenRequest {
 
 /// An API token as `GET /auth/tokens` lists it: never its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApiTokenView {
     pub id: ApiTokenId,
@@ -399,6 +404,7 @@ pub struct ApiTokenView {
 /// `POST /auth/tokens` answers 201 with the token's secret, shown here once: the server keeps
 /// only its hash. It goes in `Authorization: Bearer vmf_...` wherever a sign-in JWT does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenResponse {
     pub id: ApiTokenId,
@@ -415,6 +421,7 @@ pub struct CreateApiTokenResponse {
 
 /// `GET /auth/tokens` and `DELETE /auth/tokens/{id}` query: an admin may name any owner.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApiTokenQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
