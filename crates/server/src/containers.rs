@@ -59,7 +59,9 @@ fn wallet(token: &VerifiedToken) -> Result<WalletAddress, ApiError> {
 impl From<SchedulerError> for ApiError {
     fn from(e: SchedulerError) -> Self {
         match e {
-            SchedulerError::NoRoom(m) | SchedulerError::Failed(m) => ApiError::Unavailable(m),
+            // Not enough room is the state of the fleet, not a failure of the server.
+            SchedulerError::NoRoom(m) => ApiError::Conflict(m),
+            SchedulerError::Failed(m) => ApiError::Unavailable(m),
             SchedulerError::Unreachable(m) => ApiError::Conflict(m),
             SchedulerError::Store(e) => e.into(),
         }
@@ -178,9 +180,14 @@ pub(crate) async fn create(
         .await?;
     match scheduler.place(&vm.id).await {
         Ok(placed) => Ok((StatusCode::CREATED, Json(view(placed)?))),
-        Err(SchedulerError::NoRoom(m) | SchedulerError::Failed(m)) => Err(ApiError::Unavailable(
-            format!("container {} could not be placed: {m}", vm.id),
-        )),
+        Err(SchedulerError::NoRoom(m)) => Err(ApiError::Conflict(format!(
+            "container {} could not be placed: {m}",
+            vm.id
+        ))),
+        Err(SchedulerError::Failed(m)) => Err(ApiError::Unavailable(format!(
+            "container {} could not be placed: {m}",
+            vm.id
+        ))),
         Err(e) => Err(e.into()),
     }
 }

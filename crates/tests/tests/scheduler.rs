@@ -305,11 +305,11 @@ async fn parallel_creates_never_overbook_a_node() {
                     .entry(body["node"].as_str().unwrap().to_owned())
                     .or_default() += 1;
             }
-            503 => {
+            409 => {
                 refused += 1;
                 let msg = body["message"].as_str().unwrap();
                 assert!(msg.contains("no ONLINE node has room"), "{msg}");
-                assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+                assert_eq!(body["code"], "CONFLICT", "{body}");
             }
             other => panic!("unexpected {other}: {body}"),
         }
@@ -457,7 +457,7 @@ async fn maintenance_and_offline_nodes_are_never_chosen() {
     }
     // Only the drained and the offline node would have room now.
     let (status, body) = plane.create(&token, "big", 8.0, "8g").await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert!(
         body["message"]
             .as_str()
@@ -794,7 +794,7 @@ async fn create_requests_are_checked() {
             ),
         )
         .await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert!(
         body["message"]
             .as_str()
