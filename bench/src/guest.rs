@@ -203,6 +203,16 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its command line is still this test's.
+        let cmdline = format!("/proc/{}/cmdline", ours.id());
+        let needle = dir.path().display().to_string();
+        for _ in 0..200 {
+            let seen = std::fs::read(&cmdline).unwrap_or_default();
+            if String::from_utf8_lossy(&seen).contains(&needle) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(Sweeper::new(dir.path()).sweep(), 1);
         assert!(!ours.wait().unwrap().success());
         assert!(other.try_wait().unwrap().is_none());
