@@ -124,6 +124,13 @@ fn upgrade_error(e: WebSocketUpgradeRejection) -> Response {
     ApiError::BadRequest(format!("a WebSocket upgrade is required: {e}")).into_response()
 }
 
+/// Which of the two sockets a request opens.
+#[derive(Clone, Copy)]
+enum Kind {
+    Monitor,
+    Console,
+}
+
 /// `GET /ws/vms/{name}`: status, metrics and commands.
 pub(crate) async fn monitor(
     State(state): State<AppState>,
@@ -132,26 +139,7 @@ pub(crate) async fn monitor(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => return upgrade_error(e),
-    };
-    let query = query.map(|Query(q)| q).unwrap_or_default();
-    let (token, by_protocol) = token_of(&headers, &query);
-    let opened = open(&state, token, &name, &query, Permission::Read).await;
-    let ws = if by_protocol {
-        ws.protocols([SUBPROTOCOL])
-    } else {
-        ws
-    };
-    let every = Duration::from_secs(query.metrics_interval.unwrap_or(5).clamp(1, 3600));
-    ws.max_message_size(MAX_FRAME * 4)
-        .on_upgrade(move |socket| async move {
-            match opened {
-                Ok(session) => monitor_session(socket, state, session, every).await,
-                Err((code, message)) => refuse(socket, code, message).await,
-            }
-        })
+    upgrade(state, name, query, headers, ws, Kind::Monitor).await
 }
 
 /// `GET /ws/vms/{name}/console`: the serial console.
@@ -162,23 +150,43 @@ pub(crate) async fn console(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    upgrade(state, name, query, headers, ws, Kind::Console).await
+}
+
+/// Checks the token and the VM, then upgrades: a refusal is an `error` message on the socket.
+async fn upgrade(
+    state: AppState,
+    name: String,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    kind: Kind,
+) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => return upgrade_error(e),
     };
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let (token, by_protocol) = token_of(&headers, &query);
-    let opened = open(&state, token, &name, &query, Permission::Console).await;
+    let perm = match kind {
+        Kind::Monitor => Permission::Read,
+        Kind::Console => Permission::Console,
+    };
+    let opened = open(&state, token, &name, &query, perm).await;
     let ws = if by_protocol {
         ws.protocols([SUBPROTOCOL])
     } else {
         ws
     };
+    let every = Duration::from_secs(query.metrics_interval.unwrap_or(5).clamp(1, 3600));
     ws.max_message_size(MAX_FRAME * 4)
         .on_upgrade(move |socket| async move {
-            match opened {
-                Ok(session) => console_session(socket, state, session).await,
-                Err((code, message)) => refuse(socket, code, message).await,
+            match (opened, kind) {
+                (Ok(session), Kind::Monitor) => {
+                    monitor_session(socket, state, session, every).await
+                }
+                (Ok(session), Kind::Console) => console_session(socket, state, session).await,
+                (Err((code, message)), _) => refuse(socket, code, message).await,
             }
         })
 }
