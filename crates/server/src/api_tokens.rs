@@ -16,12 +16,13 @@ use axum::http::request::Parts;
 use serde_json::json;
 use vmfleet_auth::{Role, SecretHash, Subject, VerifiedToken, generate_secret};
 use vmfleet_core::{ApiTokenId, ChecksumAddress, Timestamp, WalletAddress};
-use vmfleet_store::{Actor, ApiToken, AuditTarget};
+use vmfleet_store::{ApiToken, AuditTarget};
 use vmfleet_wire::api::{
     ActionResponse, ApiTokenQuery, ApiTokenView, CreateApiTokenRequest, CreateApiTokenResponse,
 };
 
 use crate::AppState;
+use crate::caller::actor;
 use crate::caller::{API_TOKEN_PREFIX, Caller, ViaApiToken};
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -65,13 +66,6 @@ fn owner_for(
         (Subject::Operator(_), None) => Err(ApiError::BadRequest(
             "an operator has no API tokens of its own: name the owner".into(),
         )),
-    }
-}
-
-fn actor(token: &VerifiedToken) -> Actor {
-    match &token.subject {
-        Subject::Wallet(a) => Actor::User(*a),
-        Subject::Operator(name) => Actor::Operator(name.clone()),
     }
 }
 

@@ -151,3 +151,16 @@ impl FromRequestParts<AppState> for Admin {
         }
     }
 }
+
+/// Whether the token carries the admin role.
+pub(crate) fn is_admin(token: &VerifiedToken) -> bool {
+    token.role == Role::Admin
+}
+
+/// Who the audit log names for a request made with `token`.
+pub(crate) fn actor(token: &VerifiedToken) -> vmfleet_store::Actor {
+    match &token.subject {
+        vmfleet_auth::Subject::Wallet(a) => vmfleet_store::Actor::User(*a),
+        vmfleet_auth::Subject::Operator(name) => vmfleet_store::Actor::Operator(name.clone()),
+    }
+}

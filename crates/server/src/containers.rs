@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 use vmfleet_auth::{Role, Subject, VerifiedToken};
 use vmfleet_core::{VmId, WalletAddress};
-use vmfleet_store::{Actor, AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
+use vmfleet_store::{AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
 use vmfleet_wire::api::ActionResponse;
 use vmfleet_wire::containers::{
     ContainerSpec, ContainerView, CreateContainerRequest, UsageQuery, UsageView,
@@ -21,6 +21,7 @@ use vmfleet_wire::fleet::ConnectionInfo;
 
 use crate::AppState;
 use crate::caller::Caller;
+use crate::caller::{actor, is_admin};
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::nodes::store;
@@ -29,21 +30,11 @@ use crate::scheduler::{Scheduler, SchedulerError};
 /// The most CPU cores one container may ask for.
 const MAX_CPU_CORES: f64 = 1024.0;
 
-fn scheduler(state: &AppState) -> Result<&Scheduler, ApiError> {
+/// The scheduler, or 503 on a control plane without one.
+pub(crate) fn scheduler(state: &AppState) -> Result<&Scheduler, ApiError> {
     state.scheduler.as_ref().ok_or_else(|| {
         ApiError::Unavailable("this control plane has no scheduler (no database or /fleet)".into())
     })
-}
-
-fn is_admin(token: &VerifiedToken) -> bool {
-    token.role == Role::Admin
-}
-
-fn actor(token: &VerifiedToken) -> Actor {
-    match &token.subject {
-        Subject::Wallet(a) => Actor::User(*a),
-        Subject::Operator(name) => Actor::Operator(name.clone()),
-    }
 }
 
 /// The wallet whose containers a non-admin caller sees.

@@ -21,6 +21,7 @@ use vmfleet_wire::api::{LoginRequest, LoginResponse, NonceResponse};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Body;
+use crate::nodes::store;
 
 /// How long an issued nonce may wait for its sign-in.
 pub const NONCE_TTL: Duration = Duration::from_secs(5 * 60);
@@ -52,13 +53,6 @@ fn new_nonce() -> String {
     raw.iter()
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
         .collect()
-}
-
-fn store(state: &AppState) -> Result<&vmfleet_store::Store, ApiError> {
-    state
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable("this control plane has no database".into()))
 }
 
 /// `GET /auth/nonce`.

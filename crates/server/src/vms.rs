@@ -27,7 +27,7 @@ use vmfleet_auth::{Permission, Role, Subject, VerifiedToken};
 use vmfleet_core::{
     NodeId, RequestId, SnapshotId, Timestamp, VmId, VmOp, VmResources, VmState, WalletAddress,
 };
-use vmfleet_store::{Actor, AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
+use vmfleet_store::{AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
 use vmfleet_wire::Success;
 use vmfleet_wire::api::{
     ActionResponse, AddDiskRequest, CommitRequest, CommitResponse, CoredumpResponse,
@@ -38,11 +38,12 @@ use vmfleet_wire::fleet::{CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, 
 
 use crate::AppState;
 use crate::caller::Caller;
+use crate::caller::{actor, is_admin};
+use crate::containers::scheduler;
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::fleet::{Fleet, FleetError};
 use crate::nodes::store;
-use crate::scheduler::Scheduler;
 
 /// How long a slow operation holds its request before answering "in progress".
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(20);
@@ -85,17 +86,6 @@ impl InFlight {
                 "another operation on VM {vm} is in flight"
             )))
         }
-    }
-}
-
-fn is_admin(token: &VerifiedToken) -> bool {
-    token.role == Role::Admin
-}
-
-fn actor(token: &VerifiedToken) -> Actor {
-    match &token.subject {
-        Subject::Wallet(a) => Actor::User(*a),
-        Subject::Operator(name) => Actor::Operator(name.clone()),
     }
 }
 
@@ -142,12 +132,6 @@ pub(crate) fn fleet(state: &AppState) -> Result<&Fleet, ApiError> {
         .fleet
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this control plane has no /fleet namespace".into()))
-}
-
-fn scheduler(state: &AppState) -> Result<&Scheduler, ApiError> {
-    state.scheduler.as_ref().ok_or_else(|| {
-        ApiError::Unavailable("this control plane has no scheduler (no database or /fleet)".into())
-    })
 }
 
 async fn audit(
