@@ -489,18 +489,10 @@ impl StoreRegistry {
             };
             (rental, what)
         });
-        if let Some(open) = self
-            .store
-            .open_rental(&vm.id)
+        self.store
+            .end_open_rental(vm)
             .await
-            .map_err(|e| e.to_string())?
-        {
-            let at = vm.unknown_since.clone().unwrap_or_else(Timestamp::now);
-            match self.store.end_rental(&open.id, &at).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
+            .map_err(|e| e.to_string())?;
         Ok(confirm)
     }
 }

@@ -667,13 +667,7 @@ impl Scheduler {
                     ))
                 })?;
         }
-        if let Some(open) = self.store.open_rental(vm).await? {
-            let at = record.unknown_since.clone().unwrap_or_else(Timestamp::now);
-            match self.store.end_rental(&open.id, &at).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.store.end_open_rental(&record).await?;
         self.store.delete_vm(vm).await?;
         self.audit("vm.delete", vm, json!({})).await;
         Ok(())

@@ -25,7 +25,7 @@ use axum::extract::State;
 use serde_json::json;
 use vmfleet_auth::{Permission, Role, Subject, VerifiedToken};
 use vmfleet_core::{
-    NodeId, RequestId, SnapshotId, Timestamp, VmId, VmOp, VmResources, VmState, WalletAddress,
+    NodeId, RequestId, SnapshotId, VmId, VmOp, VmResources, VmState, WalletAddress,
 };
 use vmfleet_store::{AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
 use vmfleet_wire::Success;
@@ -477,13 +477,7 @@ async fn forced_off_unreachable(
     node: &NodeId,
 ) -> Result<Json<ActionResponse>, ApiError> {
     let reason = format!("forced off while node {node} was unreachable");
-    if let Some(open) = store.open_rental(&vm.id).await? {
-        let at = vm.unknown_since.clone().unwrap_or_else(Timestamp::now);
-        match store.end_rental(&open.id, &at).await {
-            Ok(_) | Err(vmfleet_store::StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    store.end_open_rental(vm).await?;
     store
         .update_vm_state(&vm.id, VmState::Stopped, Some(&reason), None)
         .await?;

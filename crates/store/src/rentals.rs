@@ -7,7 +7,7 @@ use vmfleet_core::{NodeId, RentalId, Timestamp, VmId, VmState, WalletAddress};
 
 use crate::error::{StoreError, is_unique_violation, not_found};
 use crate::row::{int, opt_time, parsed, resource_values, resources, text, time, unsigned};
-use crate::{Rental, Result, Store, Usage, UsageRecord};
+use crate::{Rental, Result, Store, Usage, UsageRecord, VmRecord};
 
 const COLS: &str =
     "id, vm_id, owner, node_id, vcpus, memory_mib, disk_gib, gpus, started_at, ended_at";
@@ -164,6 +164,20 @@ impl Store {
                 records: 1,
             },
         })
+    }
+
+    /// Ends the open rental of `vm`, if it has one: when the VM's node was lost
+    /// (`unknown_since`), at that moment, so an outage is not billed; otherwise now. A rental
+    /// ended concurrently (a repeated report) is not an error.
+    pub async fn end_open_rental(&self, vm: &VmRecord) -> Result<()> {
+        let Some(open) = self.open_rental(&vm.id).await? else {
+            return Ok(());
+        };
+        let at = vm.unknown_since.clone().unwrap_or_else(Timestamp::now);
+        match self.end_rental(&open.id, &at).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn get_rental(&self, id: &RentalId) -> Result<Rental> {
