@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use vmfleet_core::NodeId;
 use vmfleet_hypervisor::Hypervisor;
-use vmfleet_hypervisor::docker::{ContainerState, DockerRuntime};
+use vmfleet_hypervisor::docker::{ContainerInfo, ContainerState, DockerRuntime};
 use vmfleet_wire::fleet::{
     Ack, AgentEvent, BackendCommand, ConnectionInfo, CreateVmSpec, Heartbeat, InstanceStarted,
     InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, NodeStatus, StartInstance, StopInstance,
@@ -299,9 +299,21 @@ impl Upstream {
                 "the node is draining and takes no new VMs".to_owned(),
             ));
         }
-        self.room_for(f64::from(spec.vcpu_count), spec.mem_size_mib, 0)
-            .await
-            .map_err(|why| (VmErrorCode::InsufficientCapacity, why))
+        let containers = match &self.containers {
+            Some(docker) => docker
+                .list()
+                .await
+                .map_err(|e| (VmErrorCode::InsufficientCapacity, e.to_string()))?,
+            None => Vec::new(),
+        };
+        self.room_for(
+            &containers,
+            f64::from(spec.vcpu_count),
+            spec.mem_size_mib,
+            0,
+        )
+        .await
+        .map_err(|why| (VmErrorCode::InsufficientCapacity, why))
     }
 
     /// The node commands of seed 001 (and undrain).
@@ -381,6 +393,7 @@ impl Upstream {
         }
         let limits = &req.resource_limits;
         self.room_for(
+            &running,
             limits.cpu_cores,
             limits.ram_limit.as_bytes() >> 20,
             limits.gpu_indices.len(),
@@ -388,19 +401,23 @@ impl Upstream {
         .await
     }
 
-    /// Whether `cpu` cores, `mem_mb` MiB and `gpus` GPUs fit beside the running containers and
-    /// the defined VMs, within the node's capacity (its overcommit applied).
-    async fn room_for(&self, cpu: f64, mem_mb: u64, gpus: usize) -> Result<(), String> {
+    /// Whether `cpu` cores, `mem_mb` MiB and `gpus` GPUs fit beside the rental `containers`
+    /// (as just listed) that run and the defined VMs, within the node's capacity (its
+    /// overcommit applied).
+    async fn room_for(
+        &self,
+        containers: &[ContainerInfo],
+        cpu: f64,
+        mem_mb: u64,
+        gpus: usize,
+    ) -> Result<(), String> {
         let (mut used_cpu, mut used_mem) = (0.0f64, 0u64);
-        if let Some(docker) = &self.containers {
-            let running = docker.list().await.map_err(|e| e.to_string())?;
-            for c in running
-                .iter()
-                .filter(|c| c.state == ContainerState::Running)
-            {
-                used_cpu += c.nano_cpus as f64 / 1e9;
-                used_mem += u64::try_from(c.memory_bytes).unwrap_or(0) >> 20;
-            }
+        for c in containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+        {
+            used_cpu += c.nano_cpus as f64 / 1e9;
+            used_mem += u64::try_from(c.memory_bytes).unwrap_or(0) >> 20;
         }
         if let Some(vms) = &self.vms {
             let (c, m) = committed(&vms.hypervisor().list().await);
