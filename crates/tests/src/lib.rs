@@ -381,3 +381,37 @@ pub async fn list_nodes(base: &str, admin: &str) -> Vec<vmfleet_wire::api::NodeV
         .await
         .unwrap()
 }
+
+/// Signs `wallet` in to the control plane at `base` the way a browser does (`/auth/nonce`, an
+/// EIP-4361 message for `domain` signed like `personal_sign`, `/auth/login`); its JWT.
+pub async fn sign_in(
+    http: &reqwest::Client,
+    base: &str,
+    domain: &str,
+    wallet: &vmfleet_auth::siwe::testing::TestWallet,
+) -> String {
+    let n: serde_json::Value = http
+        .get(format!("{base}/auth/nonce"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = vmfleet_auth::siwe::testing::message(
+        domain,
+        &wallet.address(),
+        n["nonce"].as_str().unwrap(),
+        vmfleet_core::Timestamp::now().as_str(),
+    );
+    let login: serde_json::Value = http
+        .post(format!("{base}/auth/login"))
+        .json(&serde_json::json!({"message": text, "signature": wallet.sign(&text).unwrap()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    login["token"].as_str().unwrap().to_owned()
+}

@@ -8,9 +8,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vmfleet_auth::siwe::testing::{TestWallet, message};
+use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_cli::{ControlPlane, PlaneOptions};
-use vmfleet_core::Timestamp;
 use vmfleet_tests::KillOnDrop;
 
 struct Api {
@@ -53,32 +52,7 @@ impl Api {
     }
 
     async fn sign_in(&self, wallet: &TestWallet, domain: &str) -> String {
-        let n: Value = self
-            .http
-            .get(format!("{}/auth/nonce", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let text = message(
-            domain,
-            &wallet.address(),
-            n["nonce"].as_str().unwrap(),
-            Timestamp::now().as_str(),
-        );
-        let r: Value = self
-            .http
-            .post(format!("{}/auth/login", self.base))
-            .json(&json!({"message": text, "signature": wallet.sign(&text).unwrap()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["token"].as_str().unwrap().to_owned()
+        vmfleet_tests::sign_in(&self.http, &self.base, domain, wallet).await
     }
 }
 

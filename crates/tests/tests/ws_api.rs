@@ -11,10 +11,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use vmfleet_auth::siwe::testing::{TestWallet, message};
+use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_cli::{ControlPlane, PlaneOptions};
 use vmfleet_core::Timestamp;
-use vmfleet_tests::{KillOnDrop, token};
+use vmfleet_tests::{KillOnDrop, sign_in, token};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -123,30 +123,7 @@ async fn monitor_commands_and_console_on_a_real_guest() {
 
     // A wallet signs in, creates and boots a VM named "web".
     let wallet = TestWallet::from_secret([8u8; 32]).unwrap();
-    let n: Value = http
-        .get(format!("{base}/auth/nonce"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let text = message(
-        &addr.to_string(),
-        &wallet.address(),
-        n["nonce"].as_str().unwrap(),
-        Timestamp::now().as_str(),
-    );
-    let login: Value = http
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"message": text, "signature": wallet.sign(&text).unwrap()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let jwt = login["token"].as_str().unwrap().to_owned();
+    let jwt = sign_in(&http, &base, &addr.to_string(), &wallet).await;
     let me = wallet.address().to_string();
     let post = |path: &str, body: Value| {
         http.post(format!("{base}{path}"))
@@ -275,30 +252,7 @@ async fn monitor_commands_and_console_on_a_real_guest() {
         "AUTH_ERROR"
     );
     let thief = TestWallet::from_secret([9u8; 32]).unwrap();
-    let n: Value = http
-        .get(format!("{base}/auth/nonce"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let text = message(
-        &addr.to_string(),
-        &thief.address(),
-        n["nonce"].as_str().unwrap(),
-        Timestamp::now().as_str(),
-    );
-    let thief_login: Value = http
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"message": text, "signature": thief.sign(&text).unwrap()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tjwt = thief_login["token"].as_str().unwrap();
+    let tjwt = sign_in(&http, &base, &addr.to_string(), &thief).await;
     let mut other = connect(&format!("ws://{addr}/ws/vms/web?token={tjwt}")).await;
     assert_eq!(
         next_of(&mut other, "error", Duration::from_secs(5)).await["data"]["code"],
