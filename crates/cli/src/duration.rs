@@ -22,6 +22,18 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// A time limit that may be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<Duration>);
+
+/// [`parse`], or `never` for no limit.
+pub fn parse_or_never(s: &str) -> Result<Limit, String> {
+    match s.trim() {
+        "never" => Ok(Limit(None)),
+        other => parse(other).map(|d| Limit(Some(d))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +46,10 @@ mod tests {
         assert!(parse("0s").is_err());
         assert!(parse("1y").is_err());
         assert!(parse("h").is_err());
+        assert_eq!(parse_or_never("never").unwrap(), Limit(None));
+        assert_eq!(
+            parse_or_never("2h").unwrap(),
+            Limit(Some(Duration::from_secs(7200)))
+        );
     }
 }

@@ -99,6 +99,14 @@ pub struct PlaneArgs {
     /// Requests a minute each client address may make without a valid token; 0 is no limit.
     #[arg(long, default_value_t = 60)]
     pub rate_limit_anonymous: u32,
+    /// Close a WebSocket console when nothing was typed on it for this long (`30m`, `2h`);
+    /// `never` keeps it open while its client answers pings.
+    #[arg(long, default_value = "30m", value_parser = duration::parse_or_never)]
+    pub console_idle_timeout: duration::Limit,
+    /// Messages a second each WebSocket client may send (twice that at once); the excess is
+    /// dropped with a `RATE_LIMITED` error.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_messages_per_sec: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ use vmfleet_core::Timestamp;
 use vmfleet_server::AppState;
 use vmfleet_server::ratelimit::RateLimits;
 use vmfleet_server::scheduler::SchedulerConfig;
+use vmfleet_server::ws::WsConfig;
 
 use crate::{CliError, DataDir, PlaneArgs};
 
@@ -28,6 +29,8 @@ pub struct PlaneOptions {
     pub domains: Vec<String>,
     /// Requests a minute per caller (`Default`: seed 002's limits, admins unlimited).
     pub rate_limits: RateLimits,
+    /// The WebSocket API's limits: console idle timeout, messages a second per connection.
+    pub ws: WsConfig,
 }
 
 /// The domains a sign-in message may name: the configured ones, the bound address, and
@@ -61,6 +64,11 @@ impl From<&PlaneArgs> for PlaneOptions {
                 admin: NonZeroU32::new(a.rate_limit_admin),
                 anonymous: NonZeroU32::new(a.rate_limit_anonymous),
                 ..RateLimits::default()
+            },
+            ws: WsConfig {
+                console_idle: a.console_idle_timeout.0,
+                messages_per_sec: f64::from(a.ws_messages_per_sec),
+                message_burst: f64::from(a.ws_messages_per_sec.saturating_mul(2)),
             },
         }
     }
@@ -117,7 +125,8 @@ impl ControlPlane {
             .with_store(store.clone(), HEARTBEAT)
             .with_sign_in(sign_in_domains(&opts.domains, addr), opts.token_ttl)
             .with_scheduler_config(opts.scheduler)
-            .with_rate_limits(opts.rate_limits);
+            .with_rate_limits(opts.rate_limits)
+            .with_ws_config(opts.ws);
         let fleet = state.fleet.clone();
         let task = tokio::spawn(vmfleet_server::serve(listener, state, async {
             let _ = stopped.await;

@@ -58,6 +58,15 @@ pub(crate) async fn verify(
     headers: &HeaderMap,
 ) -> Result<(Caller, Option<ViaApiToken>), Refusal> {
     let token = bearer_token(headers).ok_or(Refusal::Missing)?;
+    verify_token(state, token).await
+}
+
+/// Verifies one token, a JWT or an API token, wherever it came from (a header, a WebSocket's
+/// query or subprotocol).
+pub(crate) async fn verify_token(
+    state: &AppState,
+    token: &str,
+) -> Result<(Caller, Option<ViaApiToken>), Refusal> {
     let now = Timestamp::now();
     if !token.starts_with(API_TOKEN_PREFIX) {
         return state

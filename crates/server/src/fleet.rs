@@ -27,6 +27,8 @@ use socketioxide::extract::{AckSender, Data, Extension, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use tokio::sync::broadcast;
 use vmfleet_core::{NodeId, VmId};
+
+use crate::bucket::Bucket;
 use vmfleet_wire::fleet::{
     Ack, AgentEvent, BackendCommand, Base64, ConsoleData, ConsoleRef, Heartbeat, InstanceStarted,
     InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, VmCommand, VmCommandReply, VmReport,
@@ -106,43 +108,6 @@ impl Conn {
     }
 }
 
-/// A token bucket: `burst` at once, refilled at `per_sec`.
-struct Bucket {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    at: Instant,
-    /// Whether the current flood was logged already.
-    logged: bool,
-}
-
-impl Bucket {
-    fn full(burst: f64, per_sec: f64) -> Self {
-        Bucket {
-            tokens: burst,
-            burst,
-            per_sec,
-            at: Instant::now(),
-            logged: false,
-        }
-    }
-
-    /// Takes one token if there is one. `Err(first)`: refused, `first` when this is the
-    /// first refusal of a flood.
-    fn take(&mut self, now: Instant) -> Result<(), bool> {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.logged = false;
-            Ok(())
-        } else {
-            Err(!std::mem::replace(&mut self.logged, true))
-        }
-    }
-}
-
 /// The most console output kept per watched VM, for a watcher that joins late.
 pub const CONSOLE_SCROLLBACK: usize = 64 * 1024;
 
@@ -161,6 +126,21 @@ pub struct ConsoleTap {
     pub output: broadcast::Receiver<bytes::Bytes>,
     fleet: Fleet,
     vm: VmId,
+}
+
+impl ConsoleTap {
+    /// Starts this tap over for a watcher that fell behind: the scrollback as it is now, and
+    /// from here on every byte after it (no byte lost or repeated between the two).
+    pub fn resync(&mut self) -> Vec<u8> {
+        let consoles = self.fleet.consoles();
+        match consoles.get(&self.vm) {
+            Some(w) => {
+                self.output = w.tx.subscribe();
+                w.scrollback.iter().copied().collect()
+            }
+            None => Vec::new(),
+        }
+    }
 }
 
 impl Drop for ConsoleTap {
@@ -581,24 +561,78 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    #![allow(clippy::unwrap_used)]
 
-    #[test]
-    fn the_heartbeat_bucket_allows_a_burst_then_its_rate() {
-        let t0 = Instant::now();
-        let mut b = Bucket::full(5.0, 1.0);
-        for _ in 0..5 {
-            assert_eq!(b.take(t0), Ok(()));
+    use super::*;
+    use vmfleet_wire::fleet::{Heartbeat, InstanceStarted, InstanceStopped, VmReport};
+
+    /// Knows no node: enough for a fleet nobody connects to.
+    struct Nobody;
+
+    #[async_trait]
+    impl NodeRegistry for Nobody {
+        async fn authenticate(&self, _: &str) -> Option<(NodeId, String)> {
+            None
         }
-        assert_eq!(b.take(t0), Err(true));
-        assert_eq!(b.take(t0), Err(false), "a flood is logged once");
-        assert_eq!(b.take(t0 + Duration::from_millis(1100)), Ok(()));
-        assert_eq!(b.take(t0 + Duration::from_millis(1200)), Err(true));
-        // Idle time refills up to the burst, no further.
-        let later = t0 + Duration::from_secs(60);
-        for _ in 0..5 {
-            assert_eq!(b.take(later), Ok(()));
+        async fn node_online(&self, _: &NodeId) {}
+        async fn node_offline(&self, _: &NodeId) {}
+        async fn heartbeat(&self, _: &NodeId, _: &Heartbeat) -> Result<(), String> {
+            Ok(())
         }
-        assert!(b.take(later).is_err());
+        async fn instance_started(&self, _: &NodeId, _: &InstanceStarted) -> Result<(), String> {
+            Ok(())
+        }
+        async fn instance_stopped(&self, _: &NodeId, _: &InstanceStopped) -> Result<(), String> {
+            Ok(())
+        }
+        async fn vm_state(&self, _: &NodeId, _: &VmReport) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_fell_behind_starts_over_from_the_scrollback() {
+        let (_layer, io) = SocketIo::new_layer();
+        let fleet = Fleet::attach(&io, Arc::new(Nobody), Duration::from_secs(5));
+        let (node, vm) = (NodeId::generate(), VmId::generate());
+        // A watch with room for 2 chunks, opened by hand (no agent to attach).
+        let (tx, output) = broadcast::channel(2);
+        let watched = Watched {
+            node: node.clone(),
+            tx,
+            scrollback: std::collections::VecDeque::new(),
+        };
+        fleet.consoles().insert(vm.clone(), watched);
+        let mut tap = ConsoleTap {
+            scrollback: Vec::new(),
+            output,
+            fleet: fleet.clone(),
+            vm: vm.clone(),
+        };
+        let say = |text: &str| {
+            let c = ConsoleData {
+                vm_id: vm.clone(),
+                data: Base64(text.as_bytes().to_vec()),
+            };
+            fleet.console_output(&node, &c).unwrap();
+        };
+        for i in 0..10 {
+            say(&format!("{i};"));
+        }
+        assert!(matches!(
+            tap.output.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(8))
+        ));
+        // Everything so far, then only what comes after: nothing lost, nothing twice.
+        assert_eq!(tap.resync(), b"0;1;2;3;4;5;6;7;8;9;");
+        say("10;");
+        assert_eq!(&tap.output.try_recv().unwrap()[..], b"10;");
+        assert!(tap.output.try_recv().is_err());
+        // Another node cannot speak for this console.
+        let c = ConsoleData {
+            vm_id: vm.clone(),
+            data: Base64(b"spoof".to_vec()),
+        };
+        assert!(fleet.console_output(&NodeId::generate(), &c).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! [`serve`] binds it to a listener.
 
 pub mod api_tokens;
+mod bucket;
 pub mod caller;
 mod containers;
 mod error;
@@ -22,7 +23,7 @@ mod routes;
 pub mod scheduler;
 pub mod signin;
 pub mod vms;
-mod ws;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// What `/metrics` reports of the HTTP traffic.
     pub metrics: Arc<metrics::HttpMetrics>,
+    /// The WebSocket API's limits.
+    pub ws: ws::WsConfig,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -78,6 +81,7 @@ impl AppState {
             vm_ops: vms::InFlight::default(),
             limiter: Arc::new(ratelimit::RateLimiter::new(ratelimit::RateLimits::default())),
             metrics: Arc::default(),
+            ws: ws::WsConfig::default(),
             sio_layer: None,
         }
     }
@@ -85,6 +89,12 @@ impl AppState {
     /// Limits callers to `limits` instead of the default (seed 002's).
     pub fn with_rate_limits(mut self, limits: ratelimit::RateLimits) -> Self {
         self.limiter = Arc::new(ratelimit::RateLimiter::new(limits));
+        self
+    }
+
+    /// Sets the WebSocket API's limits instead of the defaults.
+    pub fn with_ws_config(mut self, ws: ws::WsConfig) -> Self {
+        self.ws = ws;
         self
     }
 

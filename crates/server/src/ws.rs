@@ -19,6 +19,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -27,12 +29,14 @@ use vmfleet_core::{RequestId, Timestamp, VmName, VmOp, VmState, WalletAddress};
 use vmfleet_store::{VmRecord, WorkloadKind};
 use vmfleet_wire::fleet::{VmCommand, VmOperation};
 use vmfleet_wire::ws::{
-    CommandAction, ConnectionData, ConnectionStatus, ConsoleData, CpuMetrics, DiskMetrics,
-    HeartbeatData, MemoryMetrics, MetricsData, NetworkMetrics, ResponseData, StatusData, WsBody,
-    WsErrorCode, WsMessage, WsVmStatus,
+    CommandAction, ConnectionData, ConnectionStatus, ConsoleData, ConsoleEncoding, CpuMetrics,
+    DiskMetrics, HeartbeatData, MemoryMetrics, MetricsData, NetworkMetrics, ResponseData,
+    StatusData, WsBody, WsErrorCode, WsMessage, WsVmStatus,
 };
 
 use crate::AppState;
+use crate::bucket::Bucket;
+use crate::caller::{Caller, Refusal, verify_token};
 use crate::error::ApiError;
 use crate::vms::{Begun, begin_operation, fleet};
 
@@ -47,6 +51,27 @@ const OUTBOX: usize = 256;
 /// How long a command may take on the node.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Limits of the WebSocket API, set when the control plane starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WsConfig {
+    /// A console whose client typed nothing for this long is closed (`None`: never).
+    pub console_idle: Option<Duration>,
+    /// Messages a client may send a second on one connection, once `message_burst` is spent;
+    /// the excess is dropped with a `RATE_LIMITED` error.
+    pub messages_per_sec: f64,
+    pub message_burst: f64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            console_idle: Some(Duration::from_secs(30 * 60)),
+            messages_per_sec: 50.0,
+            message_burst: 100.0,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct WsQuery {
     token: Option<String>,
@@ -54,6 +79,9 @@ pub(crate) struct WsQuery {
     owner: Option<WalletAddress>,
     /// Seconds between `metrics` messages (1 to 3600).
     metrics_interval: Option<u64>,
+    /// How the console carries bytes (text unless asked).
+    #[serde(default)]
+    encoding: ConsoleEncoding,
 }
 
 /// What a connection is about, once its token and VM checked out.
@@ -89,10 +117,12 @@ async fn open(
     let auth = |m: &str| (WsErrorCode::AuthError, m.to_owned());
     let token =
         token.ok_or_else(|| auth("a token is required (?token= or Sec-WebSocket-Protocol)"))?;
-    let token = state
-        .jwt
-        .verify(&token, Timestamp::now().unix_seconds())
-        .map_err(|e| auth(&e.to_string()))?;
+    let token = match verify_token(state, &token).await {
+        Ok((Caller(token), _)) => token,
+        Err(Refusal::Failed(m)) => return Err((WsErrorCode::UnknownError, m)),
+        Err(Refusal::Missing) => return Err(auth("a token is required")),
+        Err(Refusal::Unauthorized(m)) => return Err(auth(&m)),
+    };
     if !token.can(perm) {
         return Err(auth(&format!("this token lacks the {perm:?} permission")));
     }
@@ -166,13 +196,23 @@ async fn upgrade(
         Ok(ws) => ws,
         Err(e) => return upgrade_error(e),
     };
-    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let (query, bad_query) = match query {
+        Ok(Query(q)) => (q, None),
+        Err(e) => (
+            WsQuery::default(),
+            Some(format!("bad query: {}", e.body_text())),
+        ),
+    };
     let (token, by_protocol) = token_of(&headers, &query);
     let perm = match kind {
         Kind::Monitor => Permission::Read,
         Kind::Console => Permission::Console,
     };
-    let opened = open(&state, token, &name, &query, perm).await;
+    let opened = match bad_query {
+        Some(why) => Err((WsErrorCode::InvalidCommand, why)),
+        None => open(&state, token, &name, &query, perm).await,
+    };
+    let encoding = query.encoding;
     let ws = if by_protocol {
         ws.protocols([SUBPROTOCOL])
     } else {
@@ -185,7 +225,9 @@ async fn upgrade(
                 (Ok(session), Kind::Monitor) => {
                     monitor_session(socket, state, session, every).await
                 }
-                (Ok(session), Kind::Console) => console_session(socket, state, session).await,
+                (Ok(session), Kind::Console) => {
+                    console_session(socket, state, session, encoding).await
+                }
                 (Err((code, message)), _) => refuse(socket, code, message).await,
             }
         })
@@ -239,30 +281,62 @@ fn split(
     (tx, stream, writer)
 }
 
-/// What the client sent, decoded; `None` for the frames a session handles itself.
+fn error_frame(code: WsErrorCode, message: impl Into<String>) -> Message {
+    Message::text(WsMessage::error(code, message).to_json())
+}
+
+/// What the client sent, decoded.
 enum Inbound {
     Message(WsMessage),
+    /// Raw bytes: console input on a `binary` console, refused elsewhere.
+    Binary(bytes::Bytes),
     Invalid(String),
     Closed,
+    /// Pings and pongs, which only prove the client is there.
     Other,
 }
 
-fn inbound(msg: Option<Result<Message, axum::Error>>) -> Inbound {
+/// Decodes a frame, once the connection's rate allows it: a refused frame becomes `Other`
+/// after its `RATE_LIMITED` error (sent for the first of a flood only).
+async fn inbound(
+    msg: Option<Result<Message, axum::Error>>,
+    rate: &mut Bucket,
+    out: &mpsc::Sender<Message>,
+) -> Inbound {
+    let msg = match msg {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Inbound::Closed,
+        Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m,
+        Some(Ok(_)) => return Inbound::Other,
+    };
+    if let Err(first) = rate.take(Instant::now()) {
+        if first {
+            let why =
+                "this connection sends too many messages: they are dropped until it slows down";
+            let _ = out.send(error_frame(WsErrorCode::RateLimited, why)).await;
+        }
+        return Inbound::Other;
+    }
     match msg {
-        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Inbound::Closed,
-        Some(Ok(Message::Text(t))) if t.len() > MAX_FRAME => {
+        Message::Text(t) if t.len() > MAX_FRAME => {
             Inbound::Invalid(format!("a frame is at most {MAX_FRAME} bytes"))
         }
-        Some(Ok(Message::Text(t))) => match WsMessage::decode_from_client(t.as_str()) {
+        Message::Binary(b) if b.len() > MAX_FRAME => {
+            Inbound::Invalid(format!("a frame is at most {MAX_FRAME} bytes"))
+        }
+        Message::Text(t) => match WsMessage::decode_from_client(t.as_str()) {
             Ok(m) => Inbound::Message(m),
             Err(e) => {
                 let detail = std::error::Error::source(&e).map(|s| format!(": {s}"));
                 Inbound::Invalid(format!("{e}{}", detail.unwrap_or_default()))
             }
         },
-        Some(Ok(Message::Binary(_))) => Inbound::Invalid("frames are JSON text".into()),
-        Some(Ok(_)) => Inbound::Other,
+        Message::Binary(b) => Inbound::Binary(b),
+        _ => Inbound::Other,
     }
+}
+
+fn rate_of(state: &AppState) -> Bucket {
+    Bucket::full(state.ws.message_burst, state.ws.messages_per_sec)
 }
 
 async fn monitor_session(socket: WebSocket, state: AppState, session: Session, every: Duration) {
@@ -282,15 +356,19 @@ async fn monitor_session(socket: WebSocket, state: AppState, session: Session, e
     let mut metrics = tokio::time::interval(every);
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut heard = Instant::now();
+    let mut rate = rate_of(&state);
     loop {
         tokio::select! {
             msg = stream.next() => {
                 heard = Instant::now();
-                match inbound(msg) {
+                match inbound(msg, &mut rate, &out).await {
                     Inbound::Closed => break,
                     Inbound::Other => {}
+                    Inbound::Binary(_) => {
+                        let _ = out.send(error_frame(WsErrorCode::InvalidCommand, "the monitor takes JSON text frames")).await;
+                    }
                     Inbound::Invalid(why) => {
-                        let _ = out.send(Message::text(WsMessage::error(WsErrorCode::InvalidCommand, why).to_json())).await;
+                        let _ = out.send(error_frame(WsErrorCode::InvalidCommand, why)).await;
                     }
                     Inbound::Message(m) => match m.body {
                         WsBody::Heartbeat(_) => {
@@ -301,7 +379,7 @@ async fn monitor_session(socket: WebSocket, state: AppState, session: Session, e
                             command(&state, &session.token, &vm, c.action, request_id, out.clone()).await;
                         }
                         _ => {
-                            let _ = out.send(Message::text(WsMessage::error(WsErrorCode::InvalidCommand, "the monitor takes command and heartbeat messages").to_json())).await;
+                            let _ = out.send(error_frame(WsErrorCode::InvalidCommand, "the monitor takes command and heartbeat messages")).await;
                         }
                     },
                 }
@@ -487,39 +565,94 @@ impl Utf8Stream {
     }
 }
 
-async fn console_session(socket: WebSocket, state: AppState, session: Session) {
+/// Turns console bytes into frames in the connection's [`ConsoleEncoding`].
+struct ConsoleFrames {
+    encoding: ConsoleEncoding,
+    text: Utf8Stream,
+}
+
+impl ConsoleFrames {
+    fn new(encoding: ConsoleEncoding) -> Self {
+        ConsoleFrames {
+            encoding,
+            text: Utf8Stream::default(),
+        }
+    }
+
+    fn json(content: String, replay: bool) -> Message {
+        frame(WsBody::Console(ConsoleData {
+            content,
+            eof: false,
+            replay,
+        }))
+    }
+
+    /// Live output.
+    fn live(&mut self, bytes: &[u8]) -> Message {
+        match self.encoding {
+            ConsoleEncoding::Text => Self::json(self.text.push(bytes), false),
+            ConsoleEncoding::Base64 => Self::json(BASE64.encode(bytes), false),
+            ConsoleEncoding::Binary => Message::Binary(bytes::Bytes::copy_from_slice(bytes)),
+        }
+    }
+
+    /// The scrollback, replayed: what was pending is superseded. On a binary console an empty
+    /// `console` message with `replay` announces the binary frame that follows.
+    fn replay(&mut self, bytes: &[u8]) -> Vec<Message> {
+        self.text = Utf8Stream::default();
+        match self.encoding {
+            ConsoleEncoding::Text => vec![Self::json(self.text.push(bytes), true)],
+            ConsoleEncoding::Base64 => vec![Self::json(BASE64.encode(bytes), true)],
+            ConsoleEncoding::Binary => vec![
+                Self::json(String::new(), true),
+                Message::Binary(bytes::Bytes::copy_from_slice(bytes)),
+            ],
+        }
+    }
+
+    /// The bytes a `console_input` message types.
+    fn input(&self, content: String) -> Result<Vec<u8>, String> {
+        match self.encoding {
+            ConsoleEncoding::Text | ConsoleEncoding::Binary => Ok(content.into_bytes()),
+            ConsoleEncoding::Base64 => BASE64
+                .decode(content.as_bytes())
+                .map_err(|e| format!("console_input content is not base64 on this console: {e}")),
+        }
+    }
+}
+
+/// Sends what has no other path: a closed writer means the client is gone.
+async fn close_with(out: mpsc::Sender<Message>, writer: tokio::task::JoinHandle<()>, m: Message) {
+    let _ = out.send(m).await;
+    let _ = out.send(Message::Close(None)).await;
+    drop(out);
+    let _ = writer.await;
+}
+
+async fn console_session(
+    socket: WebSocket,
+    state: AppState,
+    session: Session,
+    encoding: ConsoleEncoding,
+) {
     let (Some(store), Ok(fleet)) = (state.store.clone(), fleet(&state).cloned()) else {
         return;
     };
     let vm = session.vm;
     let (out, mut stream, writer) = split(socket);
-    let not_running = |vm: &VmRecord| {
-        Message::text(
-            WsMessage::error(
-                WsErrorCode::VmNotRunning,
-                format!(
-                    "VM {} is {}: its console needs it running",
-                    vm.name, vm.state
-                ),
-            )
-            .to_json(),
-        )
-    };
     let (Some(node), true) = (vm.node.clone(), vm.state.has_process()) else {
-        let _ = out.send(not_running(&vm)).await;
-        let _ = out.send(Message::Close(None)).await;
-        drop(out);
-        let _ = writer.await;
+        let why = format!(
+            "VM {} is {}: its console needs it running",
+            vm.name, vm.state
+        );
+        close_with(out, writer, error_frame(WsErrorCode::VmNotRunning, why)).await;
         return;
     };
     let mut tap = match fleet.console(&node, &vm.id).await {
         Ok(tap) => tap,
         Err(e) => {
-            let e = WsMessage::error(WsErrorCode::UnknownError, e.to_string());
-            let _ = out.send(Message::text(e.to_json())).await;
-            let _ = out.send(Message::Close(None)).await;
-            drop(out);
-            let _ = writer.await;
+            let e = error_frame(WsErrorCode::UnknownError, e.to_string());
+            close_with(out, writer, e).await;
             return;
         }
     };
@@ -529,52 +662,95 @@ async fn console_session(socket: WebSocket, state: AppState, session: Session) {
         message: None,
     });
     let _ = out.send(frame(connected)).await;
-    let mut text = Utf8Stream::default();
-    let console = |content: String, eof: bool| frame(WsBody::Console(ConsoleData { content, eof }));
+    let mut frames = ConsoleFrames::new(encoding);
     if !tap.scrollback.is_empty() {
         let scrollback = std::mem::take(&mut tap.scrollback);
-        let _ = out.send(console(text.push(&scrollback), false)).await;
+        for m in frames.replay(&scrollback) {
+            let _ = out.send(m).await;
+        }
     }
     let mut changes = store.vm_changes();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut heard = Instant::now();
+    let mut rate = rate_of(&state);
+    // A client that cannot keep up misses output until its queue has room again; then it is
+    // told and gets the scrollback anew. Nobody else waits for it.
+    let mut behind = false;
+    let mut catch_up = tokio::time::interval(Duration::from_millis(100));
+    // Far enough to mean never, near enough not to overflow.
+    let idle_for = state
+        .ws
+        .console_idle
+        .unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+    let idle = tokio::time::sleep(idle_for);
+    tokio::pin!(idle);
+    let typed = |bytes: Vec<u8>, idle: std::pin::Pin<&mut tokio::time::Sleep>| {
+        idle.reset(tokio::time::Instant::now() + idle_for);
+        bytes
+    };
     loop {
         tokio::select! {
-            chunk = tap.output.recv() => match chunk {
-                Ok(bytes) => {
-                    let _ = out.send(console(text.push(&bytes), false)).await;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let e = WsMessage::error(
-                        WsErrorCode::UnknownError,
-                        format!("this client fell behind the console: {n} chunks of output were dropped"),
-                    );
-                    let _ = out.send(Message::text(e.to_json())).await;
-                }
+            chunk = tap.output.recv(), if !behind => match chunk {
+                Ok(bytes) => match out.try_send(frames.live(&bytes)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => behind = true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => behind = true,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = catch_up.tick(), if behind => {
+                if out.capacity() >= OUTBOX / 2 {
+                    let why = "this client fell behind the console output: its screen is replayed from the scrollback";
+                    let _ = out.try_send(error_frame(WsErrorCode::UnknownError, why));
+                    let scrollback = tap.resync();
+                    for m in frames.replay(&scrollback) {
+                        let _ = out.try_send(m);
+                    }
+                    behind = false;
+                }
             },
             msg = stream.next() => {
                 heard = Instant::now();
-                match inbound(msg) {
+                let bytes = match inbound(msg, &mut rate, &out).await {
                     Inbound::Closed => break,
-                    Inbound::Other => {}
+                    Inbound::Other => continue,
+                    Inbound::Binary(b) if encoding == ConsoleEncoding::Binary => {
+                        typed(b.to_vec(), idle.as_mut())
+                    }
+                    Inbound::Binary(_) => {
+                        let why = "binary frames are console input only on a console opened with ?encoding=binary";
+                        let _ = out.send(error_frame(WsErrorCode::InvalidCommand, why)).await;
+                        continue;
+                    }
                     Inbound::Invalid(why) => {
-                        let _ = out.send(Message::text(WsMessage::error(WsErrorCode::InvalidCommand, why).to_json())).await;
+                        let _ = out.send(error_frame(WsErrorCode::InvalidCommand, why)).await;
+                        continue;
                     }
                     Inbound::Message(m) => match m.body {
-                        WsBody::ConsoleInput(input) => {
-                            if let Err(e) = fleet.console_input(&node, &vm.id, input.content.as_bytes()).await {
-                                let e = WsMessage::error(WsErrorCode::UnknownError, e.to_string());
-                                let _ = out.send(Message::text(e.to_json())).await;
+                        WsBody::ConsoleInput(input) => match frames.input(input.content) {
+                            Ok(bytes) => typed(bytes, idle.as_mut()),
+                            Err(why) => {
+                                let _ = out.send(error_frame(WsErrorCode::InvalidCommand, why)).await;
+                                continue;
                             }
-                        }
+                        },
                         WsBody::Heartbeat(_) => {
                             let _ = out.send(frame(WsBody::Heartbeat(HeartbeatData::default()))).await;
+                            continue;
                         }
                         _ => {
-                            let _ = out.send(Message::text(WsMessage::error(WsErrorCode::InvalidCommand, "the console takes console_input and heartbeat messages").to_json())).await;
+                            let why = "the console takes console_input and heartbeat messages";
+                            let _ = out.send(error_frame(WsErrorCode::InvalidCommand, why)).await;
+                            continue;
                         }
                     },
+                };
+                if bytes.is_empty() {
+                    continue;
+                }
+                if let Err(e) = fleet.console_input(&node, &vm.id, &bytes).await {
+                    let _ = out.send(error_frame(WsErrorCode::UnknownError, e.to_string())).await;
                 }
             }
             changed = changes.recv() => {
@@ -587,9 +763,19 @@ async fn console_session(socket: WebSocket, state: AppState, session: Session) {
                 if ours && let Ok(now) = store.get_vm(&vm.id).await
                     && matches!(now.state, VmState::Stopped | VmState::Error | VmState::Deleted)
                 {
-                    let _ = out.send(console(String::new(), true)).await;
+                    let eof = frame(WsBody::Console(ConsoleData { content: String::new(), eof: true, replay: false }));
+                    let _ = out.send(eof).await;
                     break;
                 }
+            }
+            () = &mut idle => {
+                let bye = WsBody::Connection(ConnectionData {
+                    status: ConnectionStatus::Closing,
+                    vm_name: vm.name.clone(),
+                    message: Some(format!("the console was idle for {} s: nothing was typed", idle_for.as_secs())),
+                });
+                let _ = out.send(frame(bye)).await;
+                break;
             }
             _ = ping.tick() => {
                 if heard.elapsed() > SILENT_FOR {

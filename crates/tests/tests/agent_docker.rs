@@ -35,6 +35,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         domains: Vec::new(),
         scheduler: Default::default(),
         rate_limits: Default::default(),
+        ws: Default::default(),
     })
     .await
     .unwrap();
@@ -196,6 +197,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         domains: Vec::new(),
         scheduler: Default::default(),
         rate_limits: Default::default(),
+        ws: Default::default(),
     })
     .await
     .unwrap();

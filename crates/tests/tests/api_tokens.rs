@@ -34,6 +34,7 @@ impl Plane {
             domains: Vec::new(),
             scheduler: Default::default(),
             rate_limits,
+            ws: Default::default(),
         })
         .await
         .unwrap();

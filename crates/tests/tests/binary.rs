@@ -164,6 +164,7 @@ fn the_agent_binary_joins_a_control_plane() {
             domains: Vec::new(),
             scheduler: Default::default(),
             rate_limits: Default::default(),
+            ws: Default::default(),
         })
         .await
         .unwrap();

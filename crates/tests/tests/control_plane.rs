@@ -21,6 +21,7 @@ async fn start(dir: &std::path::Path) -> ControlPlane {
         domains: Vec::new(),
         scheduler: Default::default(),
         rate_limits: Default::default(),
+        ws: Default::default(),
     })
     .await
     .unwrap()
@@ -194,6 +195,7 @@ fn listen_conflict_is_a_clear_error() {
             domains: Vec::new(),
             scheduler: Default::default(),
             rate_limits: Default::default(),
+            ws: Default::default(),
         })
         .await
         .err()

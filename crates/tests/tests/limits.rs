@@ -32,6 +32,7 @@ impl Plane {
             domains: Vec::new(),
             scheduler: Default::default(),
             rate_limits: limits,
+            ws: Default::default(),
         })
         .await
         .unwrap();

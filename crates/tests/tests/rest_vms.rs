@@ -134,6 +134,7 @@ async fn the_vm_api_drives_real_guests() {
         scheduler: Default::default(),
         // Seed 002's limits: the wallets below stay within 100 requests a minute.
         rate_limits: Default::default(),
+        ws: Default::default(),
     })
     .await
     .unwrap();

@@ -50,6 +50,7 @@ async fn a_wallet_signs_in_once_per_nonce() {
         domains: vec!["vmfleet.example".into()],
         scheduler: Default::default(),
         rate_limits: Default::default(),
+        ws: Default::default(),
     })
     .await
     .unwrap();

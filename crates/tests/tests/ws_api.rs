@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -14,7 +16,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_cli::{ControlPlane, PlaneOptions};
 use vmfleet_core::Timestamp;
+use vmfleet_server::ws::WsConfig;
 use vmfleet_tests::{KillOnDrop, sign_in, token};
+
+/// The test plane's console idle timeout.
+const IDLE: Duration = Duration::from_secs(30);
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -98,6 +104,10 @@ async fn monitor_commands_and_console_on_a_real_guest() {
         domains: Vec::new(),
         scheduler: Default::default(),
         rate_limits: Default::default(),
+        ws: WsConfig {
+            console_idle: Some(IDLE),
+            ..WsConfig::default()
+        },
     })
     .await
     .unwrap();
@@ -205,29 +215,19 @@ async fn monitor_commands_and_console_on_a_real_guest() {
     mon.send(msg("heartbeat", json!({}))).await.unwrap();
     next_of(&mut mon, "heartbeat", Duration::from_secs(5)).await;
 
-    // The console: two viewers (one with its token in the subprotocol) see what one types.
+    // The console: wait for the guest's shell, then two viewers (one with its token in the
+    // subprotocol) see what one types.
     let mut a = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
     next_of(&mut a, "connection", Duration::from_secs(5)).await;
-    let mut req = format!("ws://{addr}/ws/vms/web/console")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        format!("vmfleet.v1, token.{jwt}").parse().unwrap(),
-    );
-    let (mut b, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(resp.headers()["sec-websocket-protocol"], "vmfleet.v1");
-    next_of(&mut b, "connection", Duration::from_secs(5)).await;
-    let t = token();
     let mut answered = false;
     for _ in 0..40 {
         a.send(msg(
             "console_input",
-            json!({"content": format!("echo ws-$((40+2))-{t}\n")}),
+            json!({"content": "echo shell-$((1+1))\n"}),
         ))
         .await
         .unwrap();
-        if read_console(&mut a, &format!("ws-42-{t}"), Duration::from_secs(3))
+        if read_console(&mut a, "shell-2", Duration::from_secs(3))
             .await
             .is_ok()
         {
@@ -239,11 +239,187 @@ async fn monitor_commands_and_console_on_a_real_guest() {
         answered,
         "the guest never answered over the WebSocket console"
     );
+    let mut req = format!("ws://{addr}/ws/vms/web/console")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("vmfleet.v1, token.{jwt}").parse().unwrap(),
+    );
+    let (mut b, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "vmfleet.v1");
+    next_of(&mut b, "connection", Duration::from_secs(5)).await;
+    let t = token();
+    a.send(msg(
+        "console_input",
+        json!({"content": format!("echo ws-$((40+2))-{t}\n")}),
+    ))
+    .await
+    .unwrap();
+    console_until(&mut a, &format!("ws-42-{t}"), Duration::from_secs(10)).await;
     console_until(&mut b, &format!("ws-42-{t}"), Duration::from_secs(10)).await;
-    // A viewer joining later gets the scrollback first.
+    // A viewer joining later gets the scrollback first, marked as a replay.
     let mut late = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
     next_of(&mut late, "connection", Duration::from_secs(5)).await;
-    console_until(&mut late, &format!("ws-42-{t}"), Duration::from_secs(5)).await;
+    let first = next_of(&mut late, "console", Duration::from_secs(5)).await;
+    assert_eq!(first["data"]["replay"], json!(true), "{first}");
+    assert!(
+        first["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ws-42-{t}")),
+        "{first}"
+    );
+
+    // Seed 003's base64 console, negotiated by the query.
+    let mut b64 = connect(&format!(
+        "ws://{addr}/ws/vms/web/console?token={jwt}&encoding=base64"
+    ))
+    .await;
+    next_of(&mut b64, "connection", Duration::from_secs(5)).await;
+    let replay = next_of(&mut b64, "console", Duration::from_secs(5)).await;
+    let bytes = B64
+        .decode(replay["data"]["content"].as_str().unwrap())
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains(&format!("ws-42-{t}")));
+    let typed = B64.encode(format!("echo b64-$((3+4))-{t}\n"));
+    b64.send(msg("console_input", json!({ "content": typed })))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(&format!("b64-7-{t}")) {
+        let m = next_of(&mut b64, "console", Duration::from_secs(10)).await;
+        seen.extend(B64.decode(m["data"]["content"].as_str().unwrap()).unwrap());
+    }
+    b64.send(msg("console_input", json!({"content": "not base64!"})))
+        .await
+        .unwrap();
+    let e = next_of(&mut b64, "error", Duration::from_secs(5)).await;
+    assert_eq!(e["data"]["code"], "INVALID_COMMAND");
+    // Binary frames both ways.
+    let mut bin = connect(&format!(
+        "ws://{addr}/ws/vms/web/console?token={jwt}&encoding=binary"
+    ))
+    .await;
+    next_of(&mut bin, "connection", Duration::from_secs(5)).await;
+    let marker = next_of(&mut bin, "console", Duration::from_secs(5)).await;
+    assert_eq!(marker["data"]["replay"], json!(true));
+    bin.send(Message::binary(
+        format!("echo bin-$((4+4))-{t}\n").into_bytes(),
+    ))
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains(&format!("bin-8-{t}")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, bin.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.extend_from_slice(&b),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no binary echo: {other:?}"),
+        }
+    }
+    let mut odd = connect(&format!(
+        "ws://{addr}/ws/vms/web/console?token={jwt}&encoding=ebcdic"
+    ))
+    .await;
+    assert_eq!(
+        next_of(&mut odd, "error", Duration::from_secs(5)).await["data"]["code"],
+        "INVALID_COMMAND"
+    );
+
+    // An API token works on the WebSocket API, within its permissions.
+    let issued: Value = http
+        .post(format!("{base}/auth/tokens"))
+        .bearer_auth(&jwt)
+        .json(&json!({"name": "watcher", "permissions": ["read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api = issued["token"].as_str().unwrap();
+    let mut watch = connect(&format!("ws://{addr}/ws/vms/web?token={api}")).await;
+    next_of(&mut watch, "connection", Duration::from_secs(5)).await;
+    next_of(&mut watch, "status", Duration::from_secs(5)).await;
+    let mut peek = connect(&format!("ws://{addr}/ws/vms/web/console?token={api}")).await;
+    assert_eq!(
+        next_of(&mut peek, "error", Duration::from_secs(5)).await["data"]["code"],
+        "AUTH_ERROR"
+    );
+
+    // A flood is cut to the connection's rate with one RATE_LIMITED error; the connection
+    // stays and answers again once the client slows down.
+    for _ in 0..300 {
+        watch.send(msg("heartbeat", json!({}))).await.unwrap();
+    }
+    let e = next_of(&mut watch, "error", Duration::from_secs(5)).await;
+    assert_eq!(e["data"]["code"], "RATE_LIMITED", "{e}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.send(Message::text("{not json")).await.unwrap();
+    // (The flood may have drawn more than one RATE_LIMITED, as the bucket refilled.)
+    loop {
+        let e = next_of(&mut watch, "error", Duration::from_secs(5)).await;
+        if e["data"]["code"] == "INVALID_COMMAND" {
+            break;
+        }
+        assert_eq!(e["data"]["code"], "RATE_LIMITED", "{e}");
+    }
+
+    // `restart` reboots the guest for real: the open console shows the boot and stays.
+    mon.send(msg(
+        "command",
+        json!({"action": "restart", "requestId": "req-r"}),
+    ))
+    .await
+    .unwrap();
+    let r = next_of(&mut mon, "response", Duration::from_secs(90)).await;
+    assert_eq!(r["data"]["success"], json!(true), "{r}");
+    console_until(&mut a, "vmfleet-guest ready", Duration::from_secs(90)).await;
+    let mut answered = false;
+    for _ in 0..20 {
+        a.send(msg(
+            "console_input",
+            json!({"content": "echo again-$((5+5))\n"}),
+        ))
+        .await
+        .unwrap();
+        if read_console(&mut a, "again-10", Duration::from_secs(3))
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the console did not survive the reboot");
+
+    // A console nobody types on is closed after the idle timeout; typing keeps `a` open.
+    let mut quiet = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
+    next_of(&mut quiet, "connection", Duration::from_secs(5)).await;
+    let opened = Instant::now();
+    let closing = loop {
+        a.send(msg("console_input", json!({"content": ""})))
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), quiet.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "connection" {
+                    break v;
+                }
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("the quiet console ended without a word: {other:?}"),
+        }
+        assert!(
+            opened.elapsed() < IDLE * 2,
+            "the idle console was not closed"
+        );
+    };
+    assert_eq!(closing["data"]["status"], "closing", "{closing}");
+    assert!(opened.elapsed() >= IDLE - Duration::from_secs(1));
 
     // Refusals, each its document code.
     let mut bad = connect(&format!("ws://{addr}/ws/vms/web?token=not-a-token")).await;

@@ -170,12 +170,41 @@ pub struct ResponseData {
     pub message: String,
 }
 
-/// Guest console output. `content` is text (seed 004) unless the connection negotiated base64.
+/// Guest console output. `content` is text (seed 004) unless the connection negotiated base64
+/// ([`ConsoleEncoding`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsoleData {
     pub content: String,
     pub eof: bool,
+    /// vmfleet: `content` is the console's scrollback, replayed (on connect, or after this
+    /// client fell behind): it replaces whatever the client shows. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+}
+
+impl ConsoleData {
+    /// Live output.
+    pub fn live(content: String) -> Self {
+        ConsoleData {
+            content,
+            eof: false,
+            replay: false,
+        }
+    }
+}
+
+/// How a console connection carries the guest's bytes, chosen with `?encoding=` when it opens:
+/// `text` (seed 004, the default: UTF-8, invalid bytes replaced), `base64` (seed 003: `content`
+/// of `console` and `console_input` is base64 of the raw bytes) or `binary` (output as binary
+/// WebSocket frames of raw bytes; input as binary frames or `console_input` text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleEncoding {
+    #[default]
+    Text,
+    Base64,
+    Binary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +229,9 @@ pub enum WsErrorCode {
     VmNotRunning,
     InvalidCommand,
     UnknownError,
+    /// vmfleet: the client sent more messages than its connection's rate allows; the excess
+    /// is dropped.
+    RateLimited,
 }
 
 /// A heartbeat carries nothing the protocol needs; extra fields are ignored.
