@@ -128,6 +128,9 @@ impl VmService {
             VmOperation::ResizeMemory { mem_size_mib } => {
                 vmm.resize_memory(id, *mem_size_mib).await
             }
+            VmOperation::AddDisk { size_gb, read_only } => {
+                vmm.add_disk(id, *size_gb, *read_only).await
+            }
             VmOperation::Delete => {
                 return match vmm.delete(id).await {
                     Ok(()) => VmCommandReply::done(None),

@@ -847,11 +847,9 @@ impl Hypervisor for Vmm {
     ) -> Result<VmStatus, HypervisorError> {
         let (inst, _op) = self.lock(id)?;
         let t = inst.begin(VmOp::AddDisk)?;
+        // Neither microvm's virtio-mmio nor Firecracker hot-plugs a block device.
         if inst.st().guest.is_some() {
-            return Err(HypervisorError::Unsupported {
-                backend: self.backend.kind().as_str(),
-                op: "hot-plug a disk into a running guest (stop it first)",
-            });
+            return Err(HypervisorError::MustBeStopped(id.clone(), inst.st().state));
         }
         if size_gb == 0 || size_gb > vmfleet_core::VmResources::MAX_DISK_GIB {
             return Err(HypervisorError::InvalidSpec(format!(

@@ -779,18 +779,21 @@ pub(crate) async fn resize_memory(
     Ok(Json(ActionResponse::new("VM resized")))
 }
 
-/// `POST /vm/disk/add`: checked like any operation, then refused: nodes cannot hot-add
-/// disks yet.
+/// `POST /vm/disk/add`: a new empty disk for a stopped VM (409 while it runs: no driver
+/// hot-plugs one); the guest sees it from its next boot.
 pub(crate) async fn add_disk(
     State(state): State<AppState>,
     Caller(token): Caller,
     Body(req): Body<AddDiskRequest>,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    authorize(&token, &req.owner, Permission::Control)?;
-    owned(store(&state)?, &req.build_id, &req.owner).await?;
-    Err(ApiError::Unsupported(
-        "adding a disk to a VM is not supported by vmfleet's nodes yet".into(),
-    ))
+    let op = VmOperation::AddDisk {
+        size_gb: req.size_gb,
+        read_only: req.read_only,
+    };
+    on_node(&state, &token, &req.build_id, &req.owner, "vm.add_disk", op).await?;
+    Ok(Json(ActionResponse::new(
+        "disk added: the guest sees it from its next boot",
+    )))
 }
 
 /// The planned endpoints no node can do yet: 501, saying so.

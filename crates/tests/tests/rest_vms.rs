@@ -288,15 +288,35 @@ async fn the_vm_api_drives_real_guests() {
     let (status, body) = api.post("/vm/restore", &token, restore).await;
     assert_eq!(status, 200, "{body}");
     api.wait_state(&token, &mine, &me, "running").await;
-    let (status, body) = api.post("/vm/stop", &token, force).await;
+    let (status, body) = api.post("/vm/stop", &token, force.clone()).await;
     assert_eq!(status, 200, "{body}");
     api.wait_state(&token, &mine, &me, "stopped").await;
     let (status, body) = api.post("/vm/start", &token, vm.clone()).await;
     assert_eq!(status, 200, "{body}");
     api.wait_state(&token, &mine, &me, "running").await;
 
+    // A disk is added to a stopped VM only (no driver hot-plugs one), and comes with it.
+    let add = json!({"build_id": mine, "owner": me, "size_gb": 1});
+    let (status, body) = api.post("/vm/disk/add", &token, add.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api.post("/vm/stop", &token, force).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "stopped").await;
+    let (status, body) = api.post("/vm/disk/add", &token, add).await;
+    assert_eq!(status, 200, "{body}");
+    let disk = dir
+        .path()
+        .join(format!("data/vms/instances/{mine}/disk0.raw"));
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 30, "{disk:?}");
+    let huge = json!({"build_id": mine, "owner": me, "size_gb": 1_000_000});
+    let (status, body) = api.post("/vm/disk/add", &token, huge).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api.post("/vm/start", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state(&token, &mine, &me, "running").await;
+
     // Planned endpoints no node can do yet say so.
-    for path in ["/vm/device/add", "/vm/migrate/to", "/vm/disk/add"] {
+    for path in ["/vm/device/add", "/vm/migrate/to"] {
         let body = json!({"build_id": mine, "owner": me, "size_gb": 1});
         let (status, body) = api.post(path, &token, body).await;
         assert_eq!(status, 501, "{path}: {body}");
@@ -323,8 +343,8 @@ async fn the_vm_api_drives_real_guests() {
         .await
         .unwrap();
     assert_eq!(
-        usage.records, 3,
-        "three runs (boot, restore, start): {usage:?}"
+        usage.records, 4,
+        "four runs (boot, restore, start, start with the new disk): {usage:?}"
     );
     agent.stop().await;
     plane.stop().await.unwrap();

@@ -470,6 +470,48 @@ async fn monitor_commands_and_console_on_a_real_guest() {
     let e = next_of(&mut mon, "error", Duration::from_secs(5)).await;
     assert_eq!(e["data"]["code"], "VM_NOT_RUNNING");
 
+    // A disk added while stopped is there when the guest boots again.
+    let r = post(
+        "/vm/disk/add",
+        json!({"build_id": id, "owner": me, "size_gb": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    mon.send(msg(
+        "command",
+        json!({"action": "start", "requestId": "req-up"}),
+    ))
+    .await
+    .unwrap();
+    let r = loop {
+        let r = next_of(&mut mon, "response", Duration::from_secs(90)).await;
+        if r["data"]["requestId"] == "req-up" {
+            break r;
+        }
+    };
+    assert_eq!(r["data"]["success"], json!(true), "{r}");
+    let mut c = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
+    next_of(&mut c, "connection", Duration::from_secs(5)).await;
+    let mut seen = false;
+    for _ in 0..40 {
+        c.send(msg(
+            "console_input",
+            json!({"content": "grep -c vd /proc/partitions; grep vdb /proc/partitions\n"}),
+        ))
+        .await
+        .unwrap();
+        // 1 GiB is 1048576 blocks of 1 KiB.
+        if read_console(&mut c, "1048576 vdb", Duration::from_secs(3))
+            .await
+            .is_ok()
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the guest never saw its new disk");
+
     let _ = post("/vm/delete", json!({"build_id": id, "owner": me})).await;
     agent.stop().await;
     plane.stop().await.unwrap();

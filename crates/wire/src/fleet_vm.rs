@@ -67,6 +67,13 @@ pub enum VmOperation {
     ResizeMemory {
         mem_size_mib: u64,
     },
+    /// Adds an empty disk of `size_gb` GiB to the stopped VM; the guest sees it from its next
+    /// boot.
+    AddDisk {
+        size_gb: u64,
+        #[serde(default)]
+        read_only: bool,
+    },
     /// Stops the VM if it runs and removes it and its files.
     Delete,
     /// Writes the running guest's memory to a core file on the node (`artifact`: its path).
@@ -101,6 +108,7 @@ impl VmOperation {
             VmOperation::Restore { .. } => "restore",
             VmOperation::ResizeVcpu { .. } => "resize_vcpu",
             VmOperation::ResizeMemory { .. } => "resize_memory",
+            VmOperation::AddDisk { .. } => "add_disk",
             VmOperation::Delete => "delete",
             VmOperation::Coredump => "coredump",
             VmOperation::Commit { .. } => "commit",
