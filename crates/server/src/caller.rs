@@ -5,7 +5,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use vmfleet_auth::{Role, SecretHash, Subject, VerifiedToken};
+use vmfleet_auth::{Permission, Role, SecretHash, Subject, VerifiedToken};
 use vmfleet_core::{ApiTokenId, Timestamp};
 
 use crate::AppState;
@@ -158,6 +158,17 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::Forbidden("this needs the admin role".into()))
         }
+    }
+}
+
+/// The token grants `perm` (403 otherwise): an API token can be narrower than its owner.
+pub(crate) fn need(token: &VerifiedToken, perm: Permission) -> Result<(), ApiError> {
+    if token.can(perm) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this token lacks the {perm:?} permission"
+        )))
     }
 }
 

@@ -10,7 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::json;
-use vmfleet_auth::{Role, Subject, VerifiedToken};
+use vmfleet_auth::{Permission, Role, Subject, VerifiedToken};
 use vmfleet_core::{VmId, WalletAddress};
 use vmfleet_store::{AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
 use vmfleet_wire::api::ActionResponse;
@@ -21,7 +21,7 @@ use vmfleet_wire::fleet::ConnectionInfo;
 
 use crate::AppState;
 use crate::caller::Caller;
-use crate::caller::{actor, is_admin};
+use crate::caller::{actor, is_admin, need};
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::nodes::store;
@@ -121,6 +121,7 @@ pub(crate) async fn create(
     Caller(token): Caller,
     Body(req): Body<CreateContainerRequest>,
 ) -> Result<(StatusCode, Json<ContainerView>), ApiError> {
+    need(&token, Permission::Control)?;
     let owner = match (&req.owner, &token.subject) {
         (Some(o), _) if is_admin(&token) => *o,
         (Some(o), Subject::Wallet(me)) if o == me => *o,
@@ -207,6 +208,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(token): Caller,
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
+    need(&token, Permission::Read)?;
     let owner = if is_admin(&token) {
         None
     } else {
@@ -226,6 +228,7 @@ pub(crate) async fn get(
     Caller(token): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ContainerView>, ApiError> {
+    need(&token, Permission::Read)?;
     let vm = visible(store(&state)?, &token, &id).await?;
     Ok(Json(view(vm)?))
 }
@@ -237,6 +240,7 @@ pub(crate) async fn remove(
     Caller(token): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ActionResponse>, ApiError> {
+    need(&token, Permission::Control)?;
     let store = store(&state)?;
     let vm = visible(store, &token, &id).await?;
     scheduler(&state)?.remove(&vm.id).await?;
@@ -261,6 +265,7 @@ pub(crate) async fn usage(
     Caller(token): Caller,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<UsageView>, ApiError> {
+    need(&token, Permission::Read)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let store = store(&state)?;
     if q.owner.is_some() && q.node.is_some() {

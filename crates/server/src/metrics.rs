@@ -26,7 +26,9 @@ use vmfleet_core::VmState;
 use vmfleet_store::NodeStatus;
 
 use crate::AppState;
-use crate::caller::Admin;
+use vmfleet_auth::Permission;
+
+use crate::caller::{Admin, need};
 use crate::error::ApiError;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
@@ -231,8 +233,9 @@ async fn render(state: &AppState) -> Result<String, ApiError> {
 /// `GET /metrics`, admin only.
 pub(crate) async fn metrics(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Admin(token): Admin,
 ) -> Result<Response, ApiError> {
+    need(&token, Permission::Read)?;
     let body = render(&state).await?;
     Ok((
         [(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use vmfleet_auth::{SecretHash, generate_secret};
+use vmfleet_auth::{Permission, SecretHash, generate_secret};
 use vmfleet_core::NodeId;
 use vmfleet_store::{Node, NodeStatus, StoreError};
 use vmfleet_wire::api::ActionResponse;
@@ -12,7 +12,7 @@ use vmfleet_wire::api::{CreateNodeRequest, CreateNodeResponse, NodeCapacity, Nod
 use vmfleet_wire::fleet::{BackendCommand, DrainNode, UndrainNode};
 
 use crate::AppState;
-use crate::caller::Admin;
+use crate::caller::{Admin, need};
 use crate::error::ApiError;
 use crate::extract::Body;
 
@@ -27,9 +27,10 @@ pub(crate) fn store(state: &AppState) -> Result<&vmfleet_store::Store, ApiError>
 /// database keeps only its hash.
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Admin(token): Admin,
     Body(req): Body<CreateNodeRequest>,
 ) -> Result<Json<CreateNodeResponse>, ApiError> {
+    need(&token, Permission::Control)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
@@ -49,8 +50,9 @@ pub(crate) async fn create(
 /// `GET /nodes`: every node with its status, capacity, last heartbeat and latest metrics.
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Admin(token): Admin,
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
+    need(&token, Permission::Read)?;
     let nodes = store(&state)?.list_nodes().await?;
     Ok(Json(nodes.into_iter().map(view).collect()))
 }
@@ -80,9 +82,10 @@ async fn tell_agent(state: &AppState, id: &NodeId, cmd: &BackendCommand) -> Resu
 /// when it returns.
 pub(crate) async fn drain(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Admin(token): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
+    need(&token, Permission::Control)?;
     let id = node_id(&id)?;
     let store = store(&state)?;
     store.get_node(&id).await?;
@@ -98,9 +101,10 @@ pub(crate) async fn drain(
 /// `POST /nodes/{id}/undrain`: the node takes new work again.
 pub(crate) async fn undrain(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Admin(token): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
+    need(&token, Permission::Control)?;
     let id = node_id(&id)?;
     let store = store(&state)?;
     store.get_node(&id).await?;
@@ -119,9 +123,10 @@ pub(crate) async fn undrain(
 /// `DELETE /nodes/{id}`: removes a node that runs nothing (409 otherwise) and drops its agent.
 pub(crate) async fn remove(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Admin(token): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<ActionResponse>, ApiError> {
+    need(&token, Permission::Control)?;
     let id = node_id(&id)?;
     store(&state)?.delete_node(&id).await?;
     if let Some(fleet) = &state.fleet {

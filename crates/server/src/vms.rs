@@ -38,7 +38,7 @@ use vmfleet_wire::fleet::{CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, 
 
 use crate::AppState;
 use crate::caller::Caller;
-use crate::caller::{actor, is_admin};
+use crate::caller::{actor, is_admin, need};
 use crate::containers::scheduler;
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -95,11 +95,7 @@ fn authorize(
     owner: &WalletAddress,
     perm: Permission,
 ) -> Result<(), ApiError> {
-    if !token.can(perm) {
-        return Err(ApiError::Forbidden(format!(
-            "this token lacks the {perm:?} permission"
-        )));
-    }
+    need(token, perm)?;
     match &token.subject {
         _ if is_admin(token) => Ok(()),
         Subject::Wallet(me) if me == owner => Ok(()),
@@ -607,11 +603,7 @@ pub(crate) async fn list(
     Caller(token): Caller,
     Body(req): Body<ListVmsRequest>,
 ) -> Result<Json<Vec<VmInfo>>, ApiError> {
-    if !token.can(Permission::Read) {
-        return Err(ApiError::Forbidden(
-            "this token lacks the Read permission".into(),
-        ));
-    }
+    need(&token, Permission::Read)?;
     let owner = match (&token.subject, req.owner) {
         (_, owner) if is_admin(&token) => owner,
         (Subject::Wallet(me), None) => Some(*me),

@@ -192,6 +192,46 @@ async fn api_tokens_are_made_used_listed_and_revoked() {
         body["message"].as_str().unwrap().contains("Control"),
         "{body}"
     );
+    let container =
+        json!({"name": "c", "image": "busybox:local", "cpuCores": 1, "ramLimit": "64m"});
+    let (status, body) = p
+        .call(
+            Method::POST,
+            "/containers",
+            Some(&ro_token),
+            Some(container),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = p
+        .call(Method::GET, "/containers", Some(&ro_token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // An admin's read-only token reads the fleet and changes nothing in it.
+    p.plane
+        .store()
+        .set_role(&alice.address(), vmfleet_auth::Role::Admin)
+        .await
+        .unwrap();
+    let (status, body) = p.call(Method::GET, "/nodes", Some(&ro_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = p
+        .call(
+            Method::POST,
+            "/nodes",
+            Some(&ro_token),
+            Some(json!({"name": "n1"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let r = p.send(Method::GET, "/metrics", Some(&ro_token), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    p.plane
+        .store()
+        .set_role(&alice.address(), vmfleet_auth::Role::Standard)
+        .await
+        .unwrap();
 
     // An API token cannot manage API tokens: only a signed-in wallet can.
     for (method, path, body) in [
