@@ -92,6 +92,23 @@ async fn console_until(ws: &mut Ws, needle: &str, within: Duration) -> String {
         .unwrap_or_else(|text| panic!("{needle:?} never on the console: {text}"))
 }
 
+/// Types `line` every 3 s, up to `tries` times, until the console shows `needle` (a guest
+/// still booting drops what is typed): whether it did.
+async fn type_until(ws: &mut Ws, line: &str, needle: &str, tries: u32) -> bool {
+    for _ in 0..tries {
+        ws.send(msg("console_input", json!({ "content": line })))
+            .await
+            .unwrap();
+        if read_console(ws, needle, Duration::from_secs(3))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_commands_and_console_on_a_real_guest() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,24 +236,8 @@ async fn monitor_commands_and_console_on_a_real_guest() {
     // subprotocol) see what one types.
     let mut a = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
     next_of(&mut a, "connection", Duration::from_secs(5)).await;
-    let mut answered = false;
-    for _ in 0..40 {
-        a.send(msg(
-            "console_input",
-            json!({"content": "echo shell-$((1+1))\n"}),
-        ))
-        .await
-        .unwrap();
-        if read_console(&mut a, "shell-2", Duration::from_secs(3))
-            .await
-            .is_ok()
-        {
-            answered = true;
-            break;
-        }
-    }
     assert!(
-        answered,
+        type_until(&mut a, "echo shell-$((1+1))\n", "shell-2", 40).await,
         "the guest never answered over the WebSocket console"
     );
     let mut req = format!("ws://{addr}/ws/vms/web/console")
@@ -377,23 +378,10 @@ async fn monitor_commands_and_console_on_a_real_guest() {
     let r = next_of(&mut mon, "response", Duration::from_secs(90)).await;
     assert_eq!(r["data"]["success"], json!(true), "{r}");
     console_until(&mut a, "vmfleet-guest ready", Duration::from_secs(90)).await;
-    let mut answered = false;
-    for _ in 0..20 {
-        a.send(msg(
-            "console_input",
-            json!({"content": "echo again-$((5+5))\n"}),
-        ))
-        .await
-        .unwrap();
-        if read_console(&mut a, "again-10", Duration::from_secs(3))
-            .await
-            .is_ok()
-        {
-            answered = true;
-            break;
-        }
-    }
-    assert!(answered, "the console did not survive the reboot");
+    assert!(
+        type_until(&mut a, "echo again-$((5+5))\n", "again-10", 20).await,
+        "the console did not survive the reboot"
+    );
 
     // A console nobody types on is closed after the idle timeout; typing keeps `a` open.
     let mut quiet = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
@@ -493,24 +481,12 @@ async fn monitor_commands_and_console_on_a_real_guest() {
     assert_eq!(r["data"]["success"], json!(true), "{r}");
     let mut c = connect(&format!("ws://{addr}/ws/vms/web/console?token={jwt}")).await;
     next_of(&mut c, "connection", Duration::from_secs(5)).await;
-    let mut seen = false;
-    for _ in 0..40 {
-        c.send(msg(
-            "console_input",
-            json!({"content": "grep -c vd /proc/partitions; grep vdb /proc/partitions\n"}),
-        ))
-        .await
-        .unwrap();
-        // 1 GiB is 1048576 blocks of 1 KiB.
-        if read_console(&mut c, "1048576 vdb", Duration::from_secs(3))
-            .await
-            .is_ok()
-        {
-            seen = true;
-            break;
-        }
-    }
-    assert!(seen, "the guest never saw its new disk");
+    // 1 GiB is 1048576 blocks of 1 KiB.
+    let line = "grep -c vd /proc/partitions; grep vdb /proc/partitions\n";
+    assert!(
+        type_until(&mut c, line, "1048576 vdb", 40).await,
+        "the guest never saw its new disk"
+    );
 
     let _ = post("/vm/delete", json!({"build_id": id, "owner": me})).await;
     agent.stop().await;
