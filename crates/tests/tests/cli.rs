@@ -353,84 +353,158 @@ fn pty() -> Pty {
     Pty { master, slave }
 }
 
-/// `vmfleet vm console web` on a pseudo-terminal: raw mode while attached, a command typed
-/// and its answer read back, Ctrl-] detaches with exit code 0, and the terminal is restored.
-async fn console_through_a_pty(cli: &Cli) {
-    let Pty { master, slave } = pty();
-    let before = tcgetattr(&slave).unwrap();
-    assert!(
-        before
-            .local_modes
-            .contains(LocalModes::ICANON | LocalModes::ECHO)
-    );
-    let mut child = cli
-        .command(&["vm", "console", "web"])
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let mut reader = std::fs::File::from(master.try_clone().unwrap());
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-    let wait_for = |needle: String, within: Duration| {
-        let text = &text;
-        async move {
-            let deadline = Instant::now() + within;
-            while !text().contains(&needle) {
-                if Instant::now() > deadline {
-                    return false;
+/// `vmfleet vm console web` attached to a fresh pseudo-terminal, once it says it is attached.
+struct Attached {
+    child: tokio::process::Child,
+    keys: std::fs::File,
+    slave: OwnedFd,
+    before: rustix::termios::Termios,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Attached {
+    async fn start(cli: &Cli) -> Self {
+        let Pty { master, slave } = pty();
+        let before = tcgetattr(&slave).unwrap();
+        assert!(
+            before
+                .local_modes
+                .contains(LocalModes::ICANON | LocalModes::ECHO)
+        );
+        let child = cli
+            .command(&["vm", "console", "web"])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            .spawn()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let mut reader = std::fs::File::from(master.try_clone().unwrap());
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
-            true
+        });
+        let mut a = Attached {
+            child,
+            keys: std::fs::File::from(master),
+            slave,
+            before,
+            seen,
+        };
+        assert!(
+            a.wait_for("Detach with Ctrl-]", Duration::from_secs(20))
+                .await,
+            "the console never attached: {}",
+            a.text()
+        );
+        let raw = tcgetattr(&a.slave).unwrap();
+        assert!(
+            !raw.local_modes
+                .intersects(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG),
+            "the terminal is in raw mode while attached"
+        );
+        a
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    async fn wait_for(&mut self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.text().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    };
-    assert!(
-        wait_for("Detach with Ctrl-]".into(), Duration::from_secs(20)).await,
-        "the console never attached: {}",
-        text()
-    );
-    let raw = tcgetattr(&slave).unwrap();
-    assert!(
-        !raw.local_modes
-            .intersects(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG),
-        "the terminal is in raw mode while attached"
-    );
-    let mut keys = std::fs::File::from(master);
+        true
+    }
+
+    /// Waits for the CLI to exit with 0 and checks the terminal is as it was.
+    async fn ends_restored(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the console session ends")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{}", self.text());
+        let after = tcgetattr(&self.slave).unwrap();
+        assert_eq!(
+            after.local_modes, self.before.local_modes,
+            "the terminal is restored"
+        );
+        assert_eq!(after.input_modes, self.before.input_modes);
+        assert_eq!(after.output_modes, self.before.output_modes);
+        assert_eq!(after.control_modes, self.before.control_modes);
+    }
+}
+
+/// The console on a pseudo-terminal: raw mode while attached, a command typed and its answer
+/// read back, Ctrl-] detaches with exit code 0, and the terminal is restored; SIGTERM ends a
+/// session with the terminal restored too. With stdin a pipe, the console takes the piped
+/// lines and prints the guest's answer.
+async fn console_through_a_pty(cli: &Cli) {
+    let mut a = Attached::start(cli).await;
     let t = token();
     let mut answered = false;
     for _ in 0..40 {
-        keys.write_all(format!("echo cli-$((40+2))-{t}\n").as_bytes())
+        a.keys
+            .write_all(format!("echo cli-$((40+2))-{t}\n").as_bytes())
             .unwrap();
-        if wait_for(format!("cli-42-{t}"), Duration::from_secs(3)).await {
+        if a.wait_for(&format!("cli-42-{t}"), Duration::from_secs(3))
+            .await
+        {
             answered = true;
             break;
         }
     }
-    assert!(answered, "the guest never answered: {}", text());
-    keys.write_all(&[0x1d]).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("Ctrl-] detaches")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{}", text());
-    let after = tcgetattr(&slave).unwrap();
-    assert_eq!(
-        after.local_modes, before.local_modes,
-        "the terminal is restored"
+    assert!(answered, "the guest never answered: {}", a.text());
+    a.keys.write_all(&[0x1d]).unwrap();
+    a.ends_restored().await;
+
+    // Attached again: the scrollback comes first, and SIGTERM ends it cleanly.
+    let mut b = Attached::start(cli).await;
+    assert!(
+        b.wait_for(&format!("cli-42-{t}"), Duration::from_secs(10))
+            .await,
+        "no scrollback: {}",
+        b.text()
     );
-    assert_eq!(after.input_modes, before.input_modes);
-    assert_eq!(after.output_modes, before.output_modes);
-    assert_eq!(after.control_modes, before.control_modes);
+    let pid = b.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    b.ends_restored().await;
+
+    let mut piped = false;
+    for _ in 0..3 {
+        let mut child = cli
+            .command(&["vm", "console", "web"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("echo piped-$((6*7))-{t}\n").as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("piped-42-{t}")) {
+            piped = true;
+            break;
+        }
+    }
+    assert!(piped, "piped input never answered");
 }
