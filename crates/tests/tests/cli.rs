@@ -169,6 +169,20 @@ async fn the_cli_drives_a_real_guest() {
     let info: VmInfo =
         serde_json::from_str(&cli.ok(&["vm", "info", "web", "-o", "json"]).await).unwrap();
     assert_eq!(info.state, VmState::Paused);
+    // The typed client, with the token the CLI stored, sees the same.
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+    let client = vmfleet_client::Client::new(&base)
+        .unwrap()
+        .with_token(stored["logins"][0]["token"].as_str().unwrap());
+    let seen = client
+        .vm_info(&vmfleet_wire::api::VmRef {
+            build_id: web.build_id.clone(),
+            owner: web.owner,
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.state, VmState::Paused);
     let e = cli.fails(&["vm", "suspend", "web"], 1).await;
     assert!(!e.trim().is_empty());
     cli.ok(&["vm", "resume", "web", "--wait"]).await;
