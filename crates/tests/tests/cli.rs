@@ -216,6 +216,17 @@ async fn the_cli_drives_a_real_guest() {
     let e = cli.fails(&["vm", "info", "nosuch"], 1).await;
     assert!(e.contains("VM nosuch was not found"), "{e}");
     cli.fails(&["vm", "console", "nosuch"], 1).await;
+    let e = cli
+        .fails(
+            &["vm", "create", "broken", "--kernel", "nosuch.bin", "--wait"],
+            1,
+        )
+        .await;
+    assert!(
+        e.contains("nosuch.bin is not in the catalog"),
+        "the reason: {e}"
+    );
+    cli.ok(&["vm", "delete", "broken"]).await;
     let e = cli.fails(&["vm", "start", "web"], 1).await;
     assert!(e.contains("409"), "a running VM cannot start: {e}");
     let mut bad = cli.command(&["vm", "list"]);
