@@ -208,6 +208,27 @@ impl JwtKey {
     }
 }
 
+/// What a token says about itself, without checking it: its subject, role, permissions and
+/// expiry as written in its payload. For a client that holds a token and wants to know whose
+/// it is (the CLI naming the owner of a new VM); never a reason to grant anything, which only
+/// [`JwtKey::verify`] decides. `None` when the token is not a JWT vmfleet would issue.
+pub fn unverified_claims(token: &str) -> Option<VerifiedToken> {
+    let mut parts = token.trim().split('.');
+    let (Some(_), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let payload = URL_SAFE_NO_PAD.decode(p).ok()?;
+    let claims: Claims = serde_json::from_slice(&payload).ok()?;
+    Some(VerifiedToken {
+        subject: Subject::parse(&claims.sub)?,
+        role: claims.role,
+        permissions: claims.perms,
+        expires_at: claims.exp,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +238,19 @@ mod tests {
 
     fn wallet() -> Subject {
         Subject::Wallet(WalletAddress::parse("0x1234567890abcdef1234567890abcdef12345678").unwrap())
+    }
+
+    #[test]
+    fn unverified_claims_read_the_payload_only() {
+        let t = JwtKey::generate().issue_for(&wallet(), Role::Standard, &ALL, NOW, 60);
+        let c = unverified_claims(&t).unwrap();
+        assert_eq!(
+            (c.subject, c.role, c.expires_at),
+            (wallet(), Role::Standard, NOW + 60)
+        );
+        for bad in ["", "a.b", "a.b.c.d", "x.!!!.y", "vmf_abc"] {
+            assert!(unverified_claims(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,5 +9,7 @@ mod jwt;
 mod secret;
 pub mod siwe;
 
-pub use jwt::{AuthError, Claims, JwtKey, Permission, Role, Subject, VerifiedToken};
+pub use jwt::{
+    AuthError, Claims, JwtKey, Permission, Role, Subject, VerifiedToken, unverified_claims,
+};
 pub use secret::{SecretHash, generate_secret};

@@ -7,7 +7,7 @@
 //! expiry not passed, a not-before reached). Taking the nonce (once) is the caller's, who owns
 //! the database. No IO.
 
-use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+use k256::ecdsa::{RecoveryId, Signature, SigningKey, VerifyingKey};
 use sha3::{Digest, Keccak256};
 use vmfleet_core::{Timestamp, WalletAddress};
 
@@ -58,6 +58,12 @@ pub enum SiweError {
     WrongSigner { signer: String, claimed: String },
     #[error("the nonce is unknown, used or expired")]
     BadNonce,
+    #[error(
+        "the private key is not 32 bytes of hex (64 hex digits, `0x` optional) below the curve order"
+    )]
+    BadPrivateKey,
+    #[error("the message could not be signed")]
+    Signing,
 }
 
 impl SiweMessage {
@@ -260,46 +266,89 @@ pub fn verify_sign_in(
     Ok(msg)
 }
 
+/// A wallet's signing key: signs sign-in messages the way `personal_sign` does. The key never
+/// leaves this value and is not shown by `Debug`.
+pub struct Wallet(SigningKey);
+
+impl std::fmt::Debug for Wallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wallet({})", self.address().to_checksum())
+    }
+}
+
+impl Wallet {
+    /// A wallet from a 32-byte secret (any value below the curve order except zero).
+    pub fn from_secret(secret: [u8; 32]) -> Option<Self> {
+        SigningKey::from_bytes(&secret.into()).ok().map(Wallet)
+    }
+
+    /// A wallet from its private key as wallets export it: 64 hex digits, `0x` optional,
+    /// surrounding whitespace ignored.
+    pub fn from_hex(text: &str) -> Result<Self, SiweError> {
+        let t = text.trim();
+        let hex = t.strip_prefix("0x").unwrap_or(t);
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(SiweError::BadPrivateKey);
+        }
+        let mut secret = [0u8; 32];
+        for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(pair).map_err(|_| SiweError::BadPrivateKey)?;
+            secret[i] = u8::from_str_radix(s, 16).map_err(|_| SiweError::BadPrivateKey)?;
+        }
+        Self::from_secret(secret).ok_or(SiweError::BadPrivateKey)
+    }
+
+    pub fn address(&self) -> WalletAddress {
+        address_of(self.0.verifying_key())
+    }
+
+    /// `personal_sign(message)`: `0x` + r, s (low-s), v (27/28).
+    pub fn sign(&self, message: &str) -> Result<String, SiweError> {
+        let (sig, recid) = self
+            .0
+            .sign_prehash_recoverable(&personal_message_hash(message))
+            .map_err(|_| SiweError::Signing)?;
+        let mut out = String::with_capacity(132);
+        out.push_str("0x");
+        for b in sig.to_bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push_str(&format!("{:02x}", 27 + recid.to_byte()));
+        Ok(out)
+    }
+}
+
+/// The EIP-4361 message a client asks a wallet to sign to sign in to the server at `domain`
+/// (its host and port) whose URL is `uri`, with a nonce from `/auth/nonce`, issued at
+/// `issued_at` (RFC 3339).
+pub fn sign_in_message(
+    domain: &str,
+    uri: &str,
+    address: &WalletAddress,
+    nonce: &str,
+    issued_at: &str,
+) -> String {
+    format!(
+        "{domain} wants you to sign in with your Ethereum account:\n{}\n\nSign in to vmfleet.\n\nURI: {uri}\nVersion: 1\nChain ID: 1\nNonce: {nonce}\nIssued At: {issued_at}",
+        address.to_checksum()
+    )
+}
+
 /// Test helpers: a wallet that signs like `personal_sign`, and the message a wallet shows.
 pub mod testing {
-    use k256::ecdsa::SigningKey;
-
-    use super::{address_of, personal_message_hash};
     use vmfleet_core::WalletAddress;
 
     /// A throwaway wallet.
-    pub struct TestWallet(SigningKey);
-
-    impl TestWallet {
-        /// A wallet from a 32-byte secret (any value below the curve order except zero).
-        pub fn from_secret(secret: [u8; 32]) -> Option<Self> {
-            SigningKey::from_bytes(&secret.into()).ok().map(TestWallet)
-        }
-
-        pub fn address(&self) -> WalletAddress {
-            address_of(self.0.verifying_key())
-        }
-
-        /// `personal_sign(message)`: `0x` + r, s, v (27/28).
-        pub fn sign(&self, message: &str) -> Option<String> {
-            let (sig, recid) = self
-                .0
-                .sign_prehash_recoverable(&personal_message_hash(message))
-                .ok()?;
-            let mut out = String::from("0x");
-            for b in sig.to_bytes() {
-                out.push_str(&format!("{b:02x}"));
-            }
-            out.push_str(&format!("{:02x}", 27 + recid.to_byte()));
-            Some(out)
-        }
-    }
+    pub use super::Wallet as TestWallet;
 
     /// An EIP-4361 message as wallets format it.
     pub fn message(domain: &str, address: &WalletAddress, nonce: &str, issued_at: &str) -> String {
-        format!(
-            "{domain} wants you to sign in with your Ethereum account:\n{}\n\nSign in to vmfleet.\n\nURI: http://{domain}\nVersion: 1\nChain ID: 1\nNonce: {nonce}\nIssued At: {issued_at}",
-            address.to_checksum()
+        super::sign_in_message(
+            domain,
+            &format!("http://{domain}"),
+            address,
+            nonce,
+            issued_at,
         )
     }
 }
@@ -342,6 +391,46 @@ mod tests {
         let s = w.sign("hello").unwrap();
         assert_eq!(recover_signer("hello", &s).unwrap(), w.address());
         assert_ne!(recover_signer("hellO", &s).unwrap(), w.address());
+    }
+
+    #[test]
+    fn a_wallet_reads_its_key_as_hex_and_refuses_anything_else() {
+        let key = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+        for text in [key.to_owned(), format!("0x{key}\n"), format!("  {key}  ")] {
+            let w = Wallet::from_hex(&text).unwrap();
+            assert_eq!(
+                w.address().to_checksum(),
+                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+            );
+        }
+        let zero = "0".repeat(64);
+        let order = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141";
+        for bad in [
+            "",
+            "0x",
+            &key[..63],
+            &format!("{key}00"),
+            &zero,
+            order,
+            &"g".repeat(64),
+            &"é".repeat(32),
+        ] {
+            assert_eq!(
+                Wallet::from_hex(bad).unwrap_err(),
+                SiweError::BadPrivateKey,
+                "{bad}"
+            );
+        }
+        let w = Wallet::from_hex(key).unwrap();
+        assert!(
+            !format!("{w:?}").contains(&key[..16]),
+            "Debug never shows the key"
+        );
+        let text = sign_in_message("h:1", "http://h:1", &w.address(), "abcdef123456", ISSUED);
+        assert_eq!(
+            recover_signer(&text, &w.sign(&text).unwrap()).unwrap(),
+            w.address()
+        );
     }
 
     #[test]

@@ -10,10 +10,14 @@ macro_rules! say {
     }};
 }
 
+pub mod console;
 mod datadir;
 mod duration;
 pub mod local;
+pub mod ops;
 pub mod plane;
+pub mod remote;
+pub mod vm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +63,39 @@ pub enum Command {
         #[arg(long, env = "VMFLEET_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Signs in with a wallet (EIP-4361) and keeps the token in the config dir (mode 0600).
+    Login {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(flatten)]
+        how: ops::LoginArgs,
+    },
+    /// Forgets the stored login for the server (`--all`: every server's).
+    Logout {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Virtual machines: create, list, drive, console, watch.
+    Vm {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The owner of the VMs named (an admin's view of one wallet's VMs), or of a new VM.
+        #[arg(long, global = true)]
+        owner: Option<vmfleet_core::WalletAddress>,
+        #[command(subcommand)]
+        command: vm::VmCommand,
+    },
+    /// Compute nodes (admin): add, list, drain, undrain, remove.
+    Node {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: ops::NodeCommand,
+    },
+    /// Prints a shell completion script (`vmfleet completions bash > /etc/bash_completion.d/vmfleet`).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -131,6 +168,40 @@ pub enum CliError {
     Local(String),
     #[error("the database cannot be used")]
     Store(#[source] vmfleet_store::StoreError),
+    /// The command line asks for something that cannot be done as given (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error(
+        "not signed in to {server} ({why}): run `vmfleet login --server {server}`, or pass --token-file or VMFLEET_TOKEN"
+    )]
+    NotSignedIn { server: String, why: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("VM {name} is in error: {reason}")]
+    VmFailed { name: String, reason: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("cannot use {path}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the terminal cannot be used")]
+    Terminal(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// The process's exit code for this error: 2 for a usage error, 1 for the rest (the API
+    /// refused, the VM failed, the server is unreachable).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Why a command line did not parse.
@@ -221,7 +292,11 @@ where
 pub fn main(cli: Cli) -> ExitCode {
     let level = match &cli.command {
         Command::Agent(cfg) => cfg.log_level.as_str().to_owned(),
-        _ => std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+        Command::Up { .. } | Command::Server(_) => {
+            std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into())
+        }
+        // A client command's own output is what the operator reads.
+        _ => std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -239,7 +314,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmfleet: {}", error_chain(&e));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -308,6 +383,19 @@ async fn run(command: Command) -> Result<(), CliError> {
             client.health().await?;
             let pong = client.ping().await?;
             say!("healthy ({} at {})", pong.message, pong.timestamp);
+            Ok(())
+        }
+        Command::Login { remote, how } => ops::login(&remote, how).await,
+        Command::Logout { remote, all } => ops::logout(&remote, all),
+        Command::Vm {
+            remote,
+            owner,
+            command,
+        } => vm::run(&remote.session()?, owner, command).await,
+        Command::Node { remote, command } => ops::node(&remote.session()?, command).await,
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "vmfleet", &mut out);
             Ok(())
         }
     }

@@ -415,3 +415,62 @@ pub async fn sign_in(
         .unwrap();
     login["token"].as_str().unwrap().to_owned()
 }
+
+/// A control plane and its local agent as `vmfleet up` runs them, over a data dir under `dir`
+/// on a loopback port, once the local node is online with its capacity known. Returns them,
+/// the base URL and the admin token.
+pub async fn plane_with_local_node(
+    dir: &Path,
+) -> (
+    vmfleet_cli::ControlPlane,
+    vmfleet_cli::local::LocalAgent,
+    String,
+    String,
+) {
+    plane_with_local_node_ws(dir, Default::default()).await
+}
+
+/// [`plane_with_local_node`] with the WebSocket API's limits set to `ws`.
+pub async fn plane_with_local_node_ws(
+    dir: &Path,
+    ws: vmfleet_server::ws::WsConfig,
+) -> (
+    vmfleet_cli::ControlPlane,
+    vmfleet_cli::local::LocalAgent,
+    String,
+    String,
+) {
+    let plane = vmfleet_cli::ControlPlane::start(vmfleet_cli::PlaneOptions {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_ttl: Duration::from_secs(3600),
+        database: None,
+        domains: Vec::new(),
+        scheduler: Default::default(),
+        rate_limits: Default::default(),
+        ws,
+    })
+    .await
+    .unwrap();
+    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", plane.addr());
+    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !list_nodes(&base, &admin)
+        .await
+        .iter()
+        .any(|n| n.status == vmfleet_wire::api::NodeState::Online && n.capacity.vcpus > 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the local node never came online"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (plane, agent, base, admin)
+}

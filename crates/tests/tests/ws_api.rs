@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use vmfleet_auth::siwe::testing::TestWallet;
-use vmfleet_cli::{ControlPlane, PlaneOptions};
 use vmfleet_core::Timestamp;
 use vmfleet_server::ws::WsConfig;
 use vmfleet_tests::{KillOnDrop, sign_in, token};
@@ -113,40 +112,14 @@ async fn type_until(ws: &mut Ws, line: &str, needle: &str, tries: u32) -> bool {
 async fn monitor_commands_and_console_on_a_real_guest() {
     let dir = tempfile::tempdir().unwrap();
     let _guests = KillOnDrop(dir.path().to_owned());
-    let plane = ControlPlane::start(PlaneOptions {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_ttl: Duration::from_secs(3600),
-        database: None,
-        domains: Vec::new(),
-        scheduler: Default::default(),
-        rate_limits: Default::default(),
-        ws: WsConfig {
-            console_idle: Some(IDLE),
-            ..WsConfig::default()
-        },
-    })
-    .await
-    .unwrap();
-    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let ws = WsConfig {
+        console_idle: Some(IDLE),
+        ..WsConfig::default()
+    };
+    let (plane, agent, base, _admin) =
+        vmfleet_tests::plane_with_local_node_ws(dir.path(), ws).await;
     let addr = plane.addr();
-    let base = format!("http://{addr}");
     let http = reqwest::Client::new();
-    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !vmfleet_tests::list_nodes(&base, admin.trim())
-        .await
-        .iter()
-        .any(|n| n.status == vmfleet_wire::api::NodeState::Online && n.capacity.vcpus > 0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the local node never came online"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // A wallet signs in, creates and boots a VM named "web".
     let wallet = TestWallet::from_secret([8u8; 32]).unwrap();
