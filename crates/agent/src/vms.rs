@@ -167,6 +167,10 @@ impl VmService {
                             disk_write_bytes: m.disk_write_bytes,
                             net_rx_bytes: m.net_rx_bytes,
                             net_tx_bytes: m.net_tx_bytes,
+                            net_rx_packets: m.net_rx_packets,
+                            net_tx_packets: m.net_tx_packets,
+                            disk_read_ops: m.disk_read_ops,
+                            disk_write_ops: m.disk_write_ops,
                         }),
                         ..VmCommandReply::done(Some(report(&st)))
                     },

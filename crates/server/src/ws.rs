@@ -448,14 +448,14 @@ async fn read_metrics(state: &AppState, vm: &VmRecord) -> Option<WsBody> {
         network: NetworkMetrics {
             rx_bytes: m.net_rx_bytes.unwrap_or(0),
             tx_bytes: m.net_tx_bytes.unwrap_or(0),
-            rx_packets: None,
-            tx_packets: None,
+            rx_packets: m.net_rx_packets,
+            tx_packets: m.net_tx_packets,
         },
         disk: DiskMetrics {
             read_bytes: m.disk_read_bytes,
             write_bytes: m.disk_write_bytes,
-            read_ops: None,
-            write_ops: None,
+            read_ops: m.disk_read_ops,
+            write_ops: m.disk_write_ops,
         },
     }))
 }

@@ -213,6 +213,17 @@ async fn monitor_commands_and_console_on_a_real_guest() {
         type_until(&mut a, "echo shell-$((1+1))\n", "shell-2", 40).await,
         "the guest never answered over the WebSocket console"
     );
+    // With a shell up, the guest has read its root disk: bytes and operations, as QEMU counts
+    // them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = next_of(&mut mon, "metrics", Duration::from_secs(10)).await;
+        let disk = &m["data"]["disk"];
+        if disk["readBytes"].as_u64().unwrap() > 0 && disk["readOps"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no disk reads counted: {m}");
+    }
     let mut req = format!("ws://{addr}/ws/vms/web/console")
         .into_client_request()
         .unwrap();

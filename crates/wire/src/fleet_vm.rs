@@ -240,6 +240,14 @@ pub struct VmMetrics {
     pub net_rx_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_tx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_packets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_packets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_read_ops: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_write_ops: Option<u64>,
 }
 
 /// `console_attach` / `console_detach`: start or stop streaming a VM's serial console.
