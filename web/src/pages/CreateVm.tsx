@@ -19,7 +19,12 @@ const FIELDS: Field[] = ['vcpu_count', 'mem_size_mib', 'disk_size', 'boot_args',
 
 /** Which field an API error is about, when its message names one. */
 export function fieldOf(message: string): Field | null {
-  return FIELDS.find((f) => message.includes(f)) ?? (/\bVM name|\bname\b/i.test(message) ? 'name' : null);
+  const named = FIELDS.find((f) => message.includes(f));
+  if (named) return named;
+  if (/wallet address|\bowner\b/i.test(message)) return 'owner';
+  if (/\bVM name\b|\bname\b/i.test(message)) return 'name';
+  if (/\bimage\b/i.test(message)) return 'kernel';
+  return null;
 }
 
 export function CreateVm() {

@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useState } from 'react';
 import { describe, type VmInfo } from '../api/client';
-import type { CommandAction } from '../api/ws';
+import type { CommandAction, StatusData } from '../api/ws';
 import { Card, ConnectionDot, ErrorBanner, StateBadge, formatBytes } from '../components/common';
 import { VMConsole } from '../components/VMConsole';
 import { VMMetricsChart } from '../components/VMMetricsChart';
@@ -13,6 +13,15 @@ import { useSession } from '../session';
 interface Busy {
   label: string;
   since: number;
+}
+
+/** Seconds since the guest booted: the server's figure, carried forward while it runs. */
+function uptime(status: StatusData | null, now: number): string {
+  if (!status) return '—';
+  if (status.status !== 'running') return '0 s';
+  const since = Date.parse(status.lastStateChange);
+  const s = Number.isNaN(since) ? status.uptime : Math.max(status.uptime, Math.round((now - since) / 1000));
+  return s < 120 ? `${s} s` : s < 7200 ? `${Math.floor(s / 60)} min` : `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
 function snapshotsKey(id: string) {
@@ -29,6 +38,11 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
   const [notice, setNotice] = useState<string | null>(null);
   const [busy, setBusy] = useState<Busy | null>(null);
   const [now, setNow] = useState(Date.now());
+  // The clock the progress and the uptime read.
+  useEffect(() => {
+    const t = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(t);
+  }, []);
   const [snapshots, setSnapshots] = useState<string[]>([]);
   const [restoreId, setRestoreId] = useState('');
   const [confirmDelete, setConfirmDelete] = useState(false);
@@ -64,11 +78,6 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
       setSnapshots([]);
     }
   }, [vm?.build_id]);
-  useEffect(() => {
-    if (!busy) return undefined;
-    const t = setInterval(() => setNow(Date.now()), 500);
-    return () => clearInterval(t);
-  }, [busy]);
 
   async function run(label: string, op: () => Promise<{ message?: string } | unknown>) {
     setError(null);
@@ -215,7 +224,7 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
           <dt>Address</dt>
           <dd>{vm.ip_address ?? '—'}</dd>
           <dt>Uptime</dt>
-          <dd>{monitor.status ? `${monitor.status.uptime} s` : '—'}</dd>
+          <dd>{uptime(monitor.status, now)}</dd>
         </dl>
       </Card>
 
