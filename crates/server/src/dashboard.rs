@@ -187,6 +187,22 @@ mod tests {
     fn every_embedded_file_is_served_with_its_type() {
         assert!(!ASSETS.is_empty());
         assert!(ASSETS.windows(2).all(|w| w[0].path < w[1].path));
+        let index = asset("/index.html").unwrap();
+        if built() {
+            // Vite's page loads its hashed bundle, which is embedded too.
+            let page = String::from_utf8_lossy(index.body);
+            let script = page
+                .split("src=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            assert!(asset(script).is_some(), "{script} is not embedded");
+        } else {
+            assert_eq!(ASSETS.len(), 1);
+            assert!(String::from_utf8_lossy(index.body).contains("npm run build"));
+        }
         for a in ASSETS {
             let resp = serve(&Method::GET, a.path, &HeaderMap::new()).unwrap();
             assert_eq!(resp.headers()[header::CONTENT_TYPE], a.content_type);
