@@ -81,7 +81,10 @@ ensure_node() {
 build_dashboard() {
     ensure_node
     if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
-        (cd web && npm ci --no-audit --no-fund --loglevel=error >&2)
+        # The lock's versions, as `npm ci` would install them; but `npm ci` refuses a lock that
+        # lacks other platforms' optional packages (rollup's, esbuild's), which registry
+        # mirrors without them leave out, so: `npm install` without touching the lock.
+        (cd web && npm install --no-save --no-audit --no-fund --loglevel=error >&2)
     fi
     (cd web && npm run --silent build >&2)
 }
