@@ -4,9 +4,10 @@
 // A test wallet (a fresh secp256k1 key) is injected as `window.ethereum`; the test signs in
 // with it, creates a VM (seeing an API validation message inline first), waits for it to run,
 // types `echo hi-<random>` in its console and sees the answer, sees the metrics charts draw
-// points, reloads and sees the console screen restored, stops and deletes the VM, then signs
-// in with the admin token and drains and undrains the node. Screenshots of the VM detail and
-// nodes pages go to $VMFLEET_SCREENSHOTS (default target/screenshots/).
+// points, reloads and sees the console screen restored, suspends and resumes it (WebSocket
+// commands), stops and deletes the VM, then signs in with the admin token and drains and
+// undrains the node. Screenshots of the VM detail and nodes pages go to $VMFLEET_SCREENSHOTS
+// (default target/screenshots/).
 //
 // Environment: VMFLEET_BIN (default ../target/debug/vmfleet), CHROMIUM (default
 // /usr/bin/chromium), VMFLEET_E2E_HEADFUL=1 to watch.
@@ -237,6 +238,15 @@ async function main() {
     await page.locator('.console [data-connection=open]').waitFor();
     await outputRow.first().waitFor({ timeout: 30_000 });
     log('after a reload the console screen is restored');
+
+    // Suspend and resume: commands over the WebSocket, settled by their responses.
+    await page.getByRole('button', { name: 'Suspend', exact: true }).click();
+    await page.locator('h1 [data-state=paused]').waitFor({ timeout: 60_000 });
+    await page.getByTestId('notice').filter({ hasText: 'suspend done' }).waitFor();
+    await page.getByRole('button', { name: 'Resume', exact: true }).click();
+    await page.locator('h1 [data-state=running]').waitFor({ timeout: 60_000 });
+    await page.getByTestId('notice').filter({ hasText: 'resume done' }).waitFor();
+    log('suspended and resumed over the WebSocket');
 
     // Stop it, then delete it (with its confirmation).
     await page.getByRole('button', { name: 'Stop', exact: true }).click();
