@@ -195,7 +195,12 @@ async function main() {
     const terminal = page.getByTestId('terminal');
     await page.locator('.console [data-connection=open]').waitFor({ timeout: 60_000 });
     const marker = `hi-${Math.random().toString(36).slice(2, 10)}`;
-    const outputRow = page.locator('.xterm-rows > div', { hasText: new RegExp(`^\\s*${marker}\\s*$`) });
+    // The terminal's visible rows as text (xterm.js renders spaces as U+00A0).
+    const rows = async () => (await page.locator('.xterm-rows > div').allTextContents()).map((r) => r.replace(/\u00a0/g, ' ').trimEnd());
+    // The shell's answer: a row `... echo hi-x` directly followed by a row `hi-x` (the echo of
+    // the typed line alone is never taken for the answer).
+    const answered = (lines) => lines.some((r, i) => r.endsWith(`echo ${marker}`) && lines[i + 1]?.trim() === marker);
+    // Typed again every few seconds until the shell (which may still be booting) answers.
     await waitFor(
       `the guest to print ${marker}`,
       async () => {
@@ -203,7 +208,7 @@ async function main() {
         await page.keyboard.type(`echo ${marker}`);
         await page.keyboard.press('Enter');
         try {
-          await outputRow.first().waitFor({ timeout: 5_000 });
+          await waitFor('the answer', async () => answered(await rows()), 5_000, 250);
           return true;
         } catch {
           return false;
@@ -236,7 +241,7 @@ async function main() {
     await page.reload();
     await page.locator('h1 [data-state=running]').waitFor();
     await page.locator('.console [data-connection=open]').waitFor();
-    await outputRow.first().waitFor({ timeout: 30_000 });
+    await waitFor('the restored screen to show the answer', async () => answered(await rows()), 30_000, 250);
     log('after a reload the console screen is restored');
 
     // Suspend and resume: commands over the WebSocket, settled by their responses.
