@@ -117,6 +117,7 @@ async function main() {
   const work = mkdtempSync(join(tmpdir(), 'vmfleet-e2e-'));
   const dataDir = join(work, 'data');
   mkdirSync(SHOTS, { recursive: true });
+  rmSync(join(SHOTS, 'failure.png'), { force: true });
   let server;
   let browser;
   const pageErrors = [];
