@@ -70,10 +70,29 @@ ensure_schemathesis() {
     echo "$PWD/$venv/bin/schemathesis"
 }
 
+# Node.js and npm (from Debian when missing).
+ensure_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+}
+
+# The web dashboard (web/, pinned by web/package-lock.json): its packages installed when missing
+# or older than the lock file, then type-checked and built into web/dist, which the server
+# crate's build.rs embeds into the binary. Run it before building the binary.
+build_dashboard() {
+    ensure_node
+    if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+        # The lock's versions, as `npm ci` would install them; but `npm ci` refuses a lock that
+        # lacks other platforms' optional packages (rollup's, esbuild's), which registry
+        # mirrors without them leave out, so: `npm install` without touching the lock.
+        (cd web && npm install --no-save --no-audit --no-fund --loglevel=error >&2)
+    fi
+    (cd web && npm run --silent build >&2)
+}
+
 # socket.io-client for Node.js (pinned by crates/tests/interop/package-lock.json), for the
 # interoperability tests.
 ensure_node_socketio() {
-    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+    ensure_node
     if [ ! -d crates/tests/interop/node_modules/socket.io-client ]; then
         (cd crates/tests/interop && npm ci --no-audit --no-fund --loglevel=error >&2)
     fi

@@ -12,12 +12,23 @@ ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils docker.io
 # The test guest (kernel, initramfs, root filesystem) from Debian's packages, cached.
 scripts/guest/build-guest-image.sh
 
+# The web dashboard first: the binary the tests run embeds web/dist.
+echo "== web dashboard (npm ci, type check, vite build)"
+build_dashboard
+echo "== web dashboard unit tests (Vitest)"
+(cd web && npm test --silent)
+
 echo "== cargo fmt"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build"
 cargo build --workspace --bins --locked
+# The dashboard in a real browser (Debian's Chromium driven by playwright-core) against a real
+# `vmfleet up` with a QEMU guest; screenshots go to target/screenshots/.
+echo "== web dashboard in Chromium (Playwright)"
+ensure_packages chromium
+(cd web && VMFLEET_BIN="$PWD/../target/debug/vmfleet" npm run --silent e2e)
 # The store's tests run against SQLite and PostgreSQL: a throwaway server on loopback, in a
 # directory of this run's own, stopped and removed however the script ends.
 echo "== PostgreSQL for the store's tests"

@@ -1,6 +1,6 @@
 //! The control plane's one listener: REST (seed 002, described by [`openapi`] at
-//! `/openapi.json`), Socket.IO `/fleet` (001) and `/metrics` today; WebSocket (004) and the
-//! dashboard join it as they are built. Every request passes [`observe`]: request id, rate
+//! `/openapi.json`), Socket.IO `/fleet` (001), WebSocket (003/004), `/metrics` and the web
+//! [`dashboard`] at `/`. Every request passes [`observe`]: request id, rate
 //! limit, metrics, access log.
 //!
 //! [`app`] builds the router from a state and touches no socket, so tests drive it directly;
@@ -10,6 +10,7 @@ pub mod api_tokens;
 mod bucket;
 pub mod caller;
 mod containers;
+pub mod dashboard;
 mod error;
 mod extract;
 pub mod fleet;

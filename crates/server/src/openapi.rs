@@ -629,6 +629,24 @@ mod tests {
         assert!(routed.len() > 30, "{routed:?}");
     }
 
+    /// The dashboard's TypeScript client is typed from `web/openapi.json`: it must be this
+    /// document. `VMFLEET_UPDATE_OPENAPI=1 cargo test -p vmfleet-server openapi` rewrites it.
+    #[test]
+    fn the_dashboards_copy_is_this_document() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/openapi.json");
+        let doc = document();
+        if std::env::var_os("VMFLEET_UPDATE_OPENAPI").is_some() {
+            let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+            std::fs::write(path, text).unwrap();
+        }
+        let copy: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(
+            copy == doc,
+            "web/openapi.json differs from the document the server serves: run \
+             `VMFLEET_UPDATE_OPENAPI=1 cargo test -p vmfleet-server openapi` and commit it"
+        );
+    }
+
     #[tokio::test]
     async fn the_document_is_served_without_a_token() {
         let req = Request::get("/openapi.json").body(Body::empty()).unwrap();

@@ -1,6 +1,7 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use vmfleet_core::Timestamp;
 use vmfleet_wire::api::{Health, PingRequest, PingResponse};
@@ -78,11 +79,17 @@ async fn ping(Body(_req): Body<PingRequest>) -> Json<PingResponse> {
     })
 }
 
-async fn no_route(req: Request) -> ApiError {
+/// What no route took: the dashboard's page or one of its files, else a 404.
+async fn no_route(req: Request) -> Response {
+    let path = req.uri().path();
+    if let Some(page) = crate::dashboard::serve(req.method(), path, req.headers()) {
+        return page;
+    }
     ApiError::NoRoute {
         method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
+        path: path.to_owned(),
     }
+    .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
