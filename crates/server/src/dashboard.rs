@@ -53,6 +53,13 @@ fn is_api(path: &str) -> bool {
     })
 }
 
+/// Whether a GET of `path` is one of the dashboard's own files (cheap bytes from the binary,
+/// so no rate limit applies to them).
+pub(crate) fn is_file(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/" || (!is_api(path) && asset(path).is_some()))
+}
+
 fn asset(path: &str) -> Option<&'static Asset> {
     ASSETS
         .binary_search_by(|a| a.path.cmp(path))
@@ -181,6 +188,18 @@ mod tests {
         assert!(serve(&Method::DELETE, "/", &html()).is_none());
         // A missing file is a 404, never the page in its place.
         assert!(serve(&Method::GET, "/assets/missing-0000.js", &html()).is_none());
+    }
+
+    #[test]
+    fn only_the_dashboards_own_files_escape_the_rate_limit() {
+        assert!(is_file(&Method::GET, "/"));
+        for a in ASSETS {
+            assert!(is_file(&Method::GET, a.path), "{}", a.path);
+            assert!(!is_file(&Method::POST, a.path), "{}", a.path);
+        }
+        for p in ["/vms/web", "/vm/list", "/nodes", "/assets/missing.js", "/metrics"] {
+            assert!(!is_file(&Method::GET, p), "{p}");
+        }
     }
 
     #[test]

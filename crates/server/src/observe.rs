@@ -51,8 +51,8 @@ pub fn request_id(headers: &HeaderMap) -> RequestId {
         .unwrap_or_else(RequestId::generate)
 }
 
-fn exempt(path: &str) -> bool {
-    path == "/health" || path.starts_with(SOCKET_IO)
+fn exempt(method: &axum::http::Method, path: &str) -> bool {
+    path == "/health" || path.starts_with(SOCKET_IO) || crate::dashboard::is_file(method, path)
 }
 
 fn shown_path(path: &str) -> &str {
@@ -92,7 +92,7 @@ pub(crate) async fn observe(
     let verified = caller::verify(&state, req.headers()).await;
     let caller = verified.as_ref().ok().map(|(c, _)| c.clone());
     let subject = caller.as_ref().map(|Caller(t)| t.subject.to_string());
-    let decision = if exempt(&path) {
+    let decision = if exempt(&method, &path) {
         None
     } else {
         let (key, limit) = match &caller {

@@ -43,11 +43,14 @@ export interface ResponseData {
 export interface ConsoleData {
   content: string;
   eof: boolean;
+  /** vmfleet: `content` is the scrollback, replayed (on connect, or after this client fell
+   * behind): it replaces the screen. */
+  replay?: boolean;
 }
 export interface ConsoleInputData {
   content: string;
 }
-export type WsErrorCode = 'AUTH_ERROR' | 'VM_NOT_FOUND' | 'VM_NOT_RUNNING' | 'INVALID_COMMAND' | 'UNKNOWN_ERROR';
+export type WsErrorCode = 'AUTH_ERROR' | 'VM_NOT_FOUND' | 'VM_NOT_RUNNING' | 'INVALID_COMMAND' | 'UNKNOWN_ERROR' | 'RATE_LIMITED';
 export interface ErrorData {
   code: WsErrorCode;
   message: string;

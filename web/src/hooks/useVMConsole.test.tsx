@@ -57,6 +57,19 @@ describe('useVMConsole', () => {
     expect(afterLastReset).toEqual([{ kind: 'data', text: 'line 1\r\nline 2\r\nline 3\r\n' }]);
   });
 
+  it('starts the screen over when the server replays its scrollback to a client that fell behind', () => {
+    const { result } = setup();
+    const events: ConsoleEvent[] = [];
+    act(() => void result.current.subscribe((e) => events.push(e)));
+    const s = connect('a\r\n');
+    act(() => s.receive('console', { content: 'b\r\n', eof: false }));
+    act(() => s.receive('error', { code: 'UNKNOWN_ERROR', message: 'this client fell behind' }));
+    act(() => s.receive('console', { content: 'a\r\nb\r\nc\r\nd\r\n', eof: false, replay: true }));
+    expect(result.current.screen()).toBe('a\r\nb\r\nc\r\nd\r\n');
+    expect(events.at(-2)).toEqual({ kind: 'reset' });
+    expect(result.current.connectionState).toBe('open');
+  });
+
   it('replays the current screen to a late subscriber', () => {
     const { result } = setup();
     connect('hello');

@@ -86,6 +86,8 @@ export function useVMConsole(name: string | null, opts: VMConsoleOptions): VMCon
             // The scrollback follows: rebuild the screen from it.
             emit({ kind: 'reset' });
           } else if (msg.type === 'console') {
+            // The scrollback again (this client fell behind): it replaces the screen.
+            if (msg.data.replay) emit({ kind: 'reset' });
             if (msg.data.content) emit({ kind: 'data', text: msg.data.content });
             if (msg.data.eof) {
               setEnded(true);
