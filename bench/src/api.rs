@@ -26,12 +26,16 @@ use vmfleet_store::{NewVm, Resources, Store, WorkloadKind};
 
 use crate::fleet::{Server, git_commit, server_binary};
 use crate::machine::Machine;
-use crate::report::{machine_markdown, upsert_section, with_title, write_atomic};
+use crate::report::{
+    Figure, figures_markdown, machine_markdown, upsert_section, with_title, write_atomic,
+};
 use crate::{BenchError, Context, Result};
 
 pub const SCENARIO: &str = "api";
 pub const TARGET_P99_MS: f64 = 5.0;
 pub const TARGET_RPS: f64 = 5000.0;
+/// The floor's run: `GET /health` on the same server.
+pub const HEALTH: &str = "health";
 
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
@@ -330,6 +334,20 @@ pub async fn run(opts: ApiOptions, progress: impl Fn(&str)) -> Result<ApiResult>
         )
         .await?,
     );
+    // The floor: the same server's `GET /health`, no token, no database.
+    let script = dir.path().join("health.lua");
+    std::fs::write(&script, "wrk.method = \"GET\"\n").context("the wrk script")?;
+    progress("api: wrk on /health (the floor)");
+    runs.push(
+        wrk(
+            HEALTH,
+            "GET /health on the same server: no token, no database (the HTTP stack's floor)",
+            &format!("{base}/health"),
+            &script,
+            &opts,
+        )
+        .await?,
+    );
     server.stop().await;
 
     // Run 3: many wallets, seed 002's limits on.
@@ -405,7 +423,11 @@ impl ApiResult {
             );
         }
         s.push_str("\n| target | measured | verdict |\n|---|---|---|\n");
-        for r in self.runs.iter().filter(|r| r.name != "limited") {
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.name != "limited" && r.name != HEALTH)
+        {
             let ok = r.requests_per_s >= TARGET_RPS && r.p99_ms < TARGET_P99_MS;
             let _ = writeln!(
                 s,
@@ -431,8 +453,43 @@ impl ApiResult {
                 info.p99_ms
             );
         }
-        s.push_str("\nwrk and the server share the machine's cores.\n");
+        s.push_str("\nwrk and the server share the machine's cores.\n\n");
+        s.push_str(&figures_markdown(&self.figures()));
         s
+    }
+
+    /// The headline figures: `info` and `list` against `/health` on the same server.
+    pub fn figures(&self) -> Vec<Figure> {
+        let floor = self.runs.iter().find(|r| r.name == HEALTH);
+        let mut out = Vec::new();
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.name == "info" || r.name == "list")
+        {
+            let ok = r.requests_per_s >= TARGET_RPS && r.p99_ms < TARGET_P99_MS;
+            let peer = "GET /health, same server";
+            let mut rps = Figure::new(
+                SCENARIO,
+                &format!("/vm/{} requests/s", r.name),
+                "req/s",
+                r.requests_per_s,
+            );
+            let mut p50 = Figure::new(SCENARIO, &format!("/vm/{} p50", r.name), "ms", r.p50_ms);
+            let mut p99 = Figure::new(SCENARIO, &format!("/vm/{} p99", r.name), "ms", r.p99_ms);
+            if let Some(f) = floor {
+                rps = rps.against(peer, f.requests_per_s);
+                p50 = p50.against(peer, f.p50_ms);
+                p99 = p99.against(peer, f.p99_ms);
+            }
+            out.push(rps);
+            out.push(p50);
+            out.push(p99.target(
+                &format!("< {TARGET_P99_MS} ms at >= {TARGET_RPS:.0} req/s"),
+                ok,
+            ));
+        }
+        out
     }
 
     /// Writes `<date>-<host>-api.json` and the scenario's section of `<date>-<host>.md`.

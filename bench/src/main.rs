@@ -30,6 +30,96 @@ enum Command {
     /// `POST /vm/info` and `POST /vm/list` under load with wrk, token verification on; then
     /// many wallets with seed 002's rate limits on.
     Api(ApiArgs),
+    /// Keystroke echo latency through the whole console path (WebSocket -> control plane ->
+    /// agent -> guest serial -> back) against the guest's console socket directly.
+    Console(ConsoleArgs),
+    /// Create-to-console-ready through the REST and WebSocket API (`vmfleet up`) against the
+    /// same QEMU command line launched by hand, interleaved run by run.
+    BootApi(BootApiArgs),
+    /// Many monitor connections with metrics every second on one running VM: what they cost
+    /// the server, and whether each got its metrics every second.
+    Fanout(FanoutArgs),
+    /// Every scenario in one run (fleet for 1,000, 5,000 and 10,000 agents, api, boot,
+    /// boot-api, console, fanout): `<date>-<host>.json` and the report with PNG plots.
+    All(AllArgs),
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    /// Measured keystrokes on each path.
+    #[arg(long, default_value_t = 300)]
+    keystrokes: usize,
+    /// Unmeasured keystrokes on each path first.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// 30 keystrokes.
+    #[arg(long, conflicts_with = "keystrokes")]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BootApiArgs {
+    /// Measured runs of each variant.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// 2 runs.
+    #[arg(long, conflicts_with = "runs")]
+    quick: bool,
+    /// Unmeasured runs of each variant first (at least 1: it gives the by-hand command line).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// The most one boot may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    /// Monitor connections.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The measured window, in seconds.
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// 50 connections, 5 s.
+    #[arg(long, conflicts_with_all = ["connections", "duration_secs"])]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AllArgs {
+    /// Small, short runs (under 5 minutes) that keep the harness working; not for reporting.
+    #[arg(long)]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree; with --quick a
+    /// fresh temporary directory, kept].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -224,6 +314,97 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", result.markdown());
             eprintln!("wrote {} and {}", json.display(), md.display());
             Ok(())
+        }
+        Command::Console(args) => {
+            let opts = vmfleet_bench::console::ConsoleOptions {
+                keystrokes: if args.quick { 30 } else { args.keystrokes },
+                warmup: args.warmup,
+                server_bin: args.server_bin,
+                ..Default::default()
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::console::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Command::BootApi(args) => {
+            let opts = vmfleet_bench::boot_api::BootApiOptions {
+                runs: if args.quick { 2 } else { args.runs },
+                warmup: args.warmup,
+                timeout: Duration::from_secs(args.timeout),
+                server_bin: args.server_bin,
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::boot_api::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Command::Fanout(args) => {
+            let opts = vmfleet_bench::fanout::FanoutOptions {
+                connections: if args.quick { 50 } else { args.connections },
+                duration: Duration::from_secs(if args.quick { 5 } else { args.duration_secs }),
+                server_bin: args.server_bin,
+                ..Default::default()
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::fanout::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Command::All(args) => {
+            let out = match args.out {
+                Some(o) => o,
+                None if args.quick => tempfile::Builder::new()
+                    .prefix("vmfleet-bench-quick-")
+                    .tempdir()
+                    .context("creating a temporary directory")?
+                    .keep(),
+                None => default_out(),
+            };
+            let opts = vmfleet_bench::all::AllOptions::new(args.quick, args.server_bin);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::all::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.summary_markdown(&[]));
+            eprintln!(
+                "wrote {}, {} and the plots beside them",
+                json.display(),
+                md.display()
+            );
+            if result.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(BenchError::new(format!(
+                    "{} scenario(s) did not finish: {}",
+                    result.failures.len(),
+                    result.failures.join("; ")
+                )))
+            }
         }
         Command::Boot(args) => {
             let opts = boot::BootOptions {

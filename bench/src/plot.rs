@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::fleet::{FleetResult, TARGET_KIB_PER_CONNECTION, TARGET_P99_MS};
+use crate::report::{Figure, ScenarioResult, num};
 
 const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 const W: f64 = 1000.0;
@@ -201,6 +202,168 @@ fn bar_panel(
             ty - 4.0
         );
     }
+}
+
+/// Every figure that has a peer or floor: its ratio (vmfleet / peer) as a bar on a log2 axis
+/// from 1/16 to 16, the line at 1 being "same as the peer". Left of it, vmfleet's value is the
+/// smaller one.
+pub fn ratios_svg(title: &str, figures: &[Figure]) -> String {
+    let rows: Vec<&Figure> = figures.iter().filter(|f| f.ratio.is_some()).collect();
+    let (label_w, plot_w, row_h, top) = (430.0, 520.0, 22.0, 60.0);
+    let width = label_w + plot_w + 40.0;
+    let height = top + row_h * rows.len().max(1) as f64 + 50.0;
+    let (lo, hi) = (-4.0f64, 4.0f64);
+    let x = |r: f64| label_w + (r.max(1e-9).log2().clamp(lo, hi) - lo) / (hi - lo) * plot_w;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="{width}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text><text x="10" y="40">vmfleet / its peer or floor, same run (log scale; 1 = same)</text>"#,
+        esc(title)
+    );
+    let bottom = top + row_h * rows.len().max(1) as f64;
+    for e in lo as i32..=hi as i32 {
+        let r = 2f64.powi(e);
+        let gx = x(r);
+        let label = if r < 1.0 {
+            format!("1/{}", (1.0 / r) as u32)
+        } else {
+            format!("{}", r as u32)
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{bottom}" stroke="{}"/><text x="{gx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            if e == 0 { "#000" } else { "#ddd" },
+            bottom + 16.0
+        );
+    }
+    for (i, f) in rows.iter().enumerate() {
+        let Some(r) = f.ratio else { continue };
+        let cy = top + row_h * i as f64;
+        let (a, b) = (x(1.0), x(r));
+        let colour = match f.pass {
+            Some(false) => "#d62728",
+            _ => COLOURS[0],
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}: {} ({} {} vs {})</text><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}">{r:.2}x</text>"#,
+            label_w - 8.0,
+            cy + 15.0,
+            esc(&f.scenario),
+            esc(&f.name),
+            num(f.value),
+            esc(&f.unit),
+            num(f.peer_value.unwrap_or(f64::NAN)),
+            a.min(b),
+            cy + 4.0,
+            (a - b).abs().max(1.0),
+            row_h - 8.0,
+            a.max(b) + 4.0,
+            cy + 15.0,
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The samples of each variant of a scenario, sorted: the value at each percentile (a
+/// quantile plot, linear), one colour per variant.
+pub fn quantiles_svg(r: &ScenarioResult, unit: &str) -> String {
+    let (x0, x1, top, bottom, width, height) = (80.0, 760.0, 50.0, 330.0, 800.0, 380.0);
+    let max = r
+        .variants
+        .iter()
+        .flat_map(|v| v.samples.iter().map(|s| s.total_ms))
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.1;
+    let y = |v: f64| bottom - v / max * (bottom - top);
+    let x = |q: f64| x0 + q * (x1 - x0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="{width}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">{}: {} ({})</text>"#,
+        esc(&r.scenario),
+        esc(&r.title),
+        esc(&r.date)
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x0}" y="{top}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
+        x1 - x0,
+        bottom - top
+    );
+    for q in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+        let gx = x(q);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{bottom}" stroke="#eee"/><text x="{gx:.1}" y="{}" text-anchor="middle">p{}</text>"##,
+            bottom + 16.0,
+            (q * 100.0).round()
+        );
+    }
+    for i in 0..=4 {
+        let v = max / 1.1 * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{:.1}" x2="{x1}" y2="{:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{} {}</text>"##,
+            y(v),
+            y(v),
+            x0 - 4.0,
+            y(v) + 4.0,
+            num(v),
+            esc(unit)
+        );
+    }
+    for (i, v) in r.variants.iter().enumerate() {
+        let mut vals: Vec<f64> = v.samples.iter().map(|s| s.total_ms).collect();
+        vals.sort_by(f64::total_cmp);
+        if vals.is_empty() {
+            continue;
+        }
+        let colour = COLOURS[i % COLOURS.len()];
+        let n = vals.len();
+        let pts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                let q = if n > 1 {
+                    k as f64 / (n - 1) as f64
+                } else {
+                    0.5
+                };
+                format!("{:.1},{:.1}", x(q), y(*v))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}" fill="{colour}">{} (p50 {} {})</text>"#,
+            pts.join(" "),
+            x0 + 8.0,
+            top + 16.0 + 16.0 * i as f64,
+            esc(&v.name),
+            num(v.summary.p50),
+            esc(unit)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 fn esc(t: &str) -> String {
