@@ -460,3 +460,66 @@ pub async fn launch_by_hand(
         connected,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_recipe_moves_the_guest_to_another_directory() {
+        let r = Recipe {
+            qemu: "qemu-system-x86_64".into(),
+            args: [
+                "-name",
+                "vmfleet-abc",
+                "-M",
+                "microvm,accel=tcg,acpi=on",
+                "-chardev",
+                "socket,id=ser0,path=/d/vms/abc/console.sock,server=on,wait=on",
+                "-drive",
+                "id=disk0,file=/d/vms/abc/root.disk,format=raw",
+                "-kernel",
+                "/d/images/vmlinux.bin",
+            ]
+            .map(String::from)
+            .to_vec(),
+            dir: "/d/vms/abc".into(),
+            name: "vmfleet-abc".into(),
+            rootfs: PathBuf::from("/d/images/rootfs.ext4"),
+            disk_bytes: 1 << 30,
+        };
+        let a = r.args_for(Path::new("/t/floor"), "vmfleet-floor");
+        assert_eq!(a[1], "vmfleet-floor");
+        assert_eq!(
+            a[5],
+            "socket,id=ser0,path=/t/floor/console.sock,server=on,wait=on"
+        );
+        assert_eq!(a[7], "id=disk0,file=/t/floor/root.disk,format=raw");
+        assert_eq!(a[9], "/d/images/vmlinux.bin");
+        assert_eq!(crate::console::accel_of(&a), "tcg");
+        assert_eq!(crate::console::accel_of(&[]), "unknown");
+    }
+
+    #[test]
+    fn console_frames_are_read() {
+        type E = std::io::Error;
+        let text = |s: &str| Some(Ok::<_, E>(Message::text(s.to_owned())));
+        assert_eq!(
+            console_text(text(r#"{"type":"console","data":{"content":"a"}}"#)).unwrap(),
+            Some("a".into())
+        );
+        assert_eq!(
+            console_text(text(r#"{"type":"metrics","data":{}}"#)).unwrap(),
+            None
+        );
+        assert!(
+            console_text(text(
+                r#"{"type":"console","data":{"content":"","eof":true}}"#
+            ))
+            .is_err()
+        );
+        assert!(console_text(None::<std::result::Result<Message, E>>).is_err());
+        assert!(console_text(text("{not json")).is_err());
+    }
+}

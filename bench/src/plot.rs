@@ -371,3 +371,63 @@ fn esc(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::report::{Sample, Variant};
+    use crate::stats::Summary;
+
+    #[test]
+    fn the_summary_plots_rasterise() {
+        let figs = vec![
+            Figure::new("console", "echo p99", "ms", 12.0).against("floor", 10.0),
+            Figure::new("api", "rps", "req/s", 5000.0).against("health", 20000.0),
+            Figure::new("fanout", "held", "connections", 1000.0),
+        ];
+        let svg = ratios_svg("t", &figs);
+        assert_eq!(svg.matches("<rect").count(), 1 + 2, "one bar per ratio");
+        assert!(svg.contains("1.20x") && svg.contains("0.25x"));
+        let variant = |name: &str, v: &[f64]| Variant {
+            name: name.into(),
+            description: String::new(),
+            summary: Summary::of(v).unwrap(),
+            samples: v
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| Sample {
+                    run: i,
+                    seq: i,
+                    total_ms: t,
+                    marks: Vec::new(),
+                })
+                .collect(),
+            warmup: Vec::new(),
+        };
+        let r = ScenarioResult {
+            schema: String::new(),
+            scenario: "console".into(),
+            title: "t".into(),
+            description: String::new(),
+            date: "2026-01-01".into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            machine: crate::machine::Machine::read("tcg", std::path::Path::new("/nonexistent")),
+            config: serde_json::Value::Null,
+            variants: vec![
+                variant("vmfleet", &[3.0, 1.0, 2.0]),
+                variant("floor", &[1.0]),
+            ],
+            comparisons: Vec::new(),
+            figures: Vec::new(),
+            notes: Vec::new(),
+        };
+        let q = quantiles_svg(&r, "ms");
+        assert_eq!(q.matches("<polyline").count(), 2);
+        for svg in [svg, q] {
+            let png = crate::raster::svg_to_png(&svg, 1.0).unwrap();
+            assert_eq!(&png[1..4], b"PNG");
+        }
+    }
+}
