@@ -157,6 +157,12 @@ pub async fn run(opts: AllOptions, progress: impl Fn(&str)) -> Result<AllResult>
                 users: if q { 50 } else { 1000 },
                 vms_per_user: 5,
                 server_bin: bin.clone(),
+                rates: if q {
+                    vec![500.0]
+                } else {
+                    vec![1000.0, 2500.0, 5000.0]
+                },
+                rate_duration: Duration::from_secs(if q { 2 } else { 10 }),
             },
             &progress,
         ),

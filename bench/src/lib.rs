@@ -37,6 +37,7 @@ pub mod plane;
 pub mod plot;
 pub mod procfs;
 pub mod raster;
+pub mod rate;
 pub mod report;
 pub mod stats;
 

@@ -139,8 +139,14 @@ struct ApiArgs {
     /// VMs of each wallet.
     #[arg(long, default_value_t = 5)]
     vms_per_user: usize,
-    /// 5 s runs, 100 wallets.
-    #[arg(long, conflicts_with_all = ["duration_secs", "users"])]
+    /// The fixed request rates (requests a second) of the open-loop runs.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000")]
+    rates: Vec<f64>,
+    /// Seconds of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
+    rate_secs: u64,
+    /// 5 s runs, 100 wallets, one fixed rate (500/s) for 2 s.
+    #[arg(long, conflicts_with_all = ["duration_secs", "users", "rates"])]
     quick: bool,
     /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
     /// missing].
@@ -302,6 +308,12 @@ async fn run(cli: Cli) -> Result<()> {
                 users: if args.quick { 100 } else { args.users },
                 vms_per_user: args.vms_per_user,
                 server_bin: args.server_bin,
+                rates: if args.quick {
+                    vec![500.0]
+                } else {
+                    args.rates.clone()
+                },
+                rate_duration: Duration::from_secs(if args.quick { 2 } else { args.rate_secs }),
             };
             let out = args.out.unwrap_or_else(default_out);
             let progress = |line: &str| eprintln!("{line}");
