@@ -237,7 +237,7 @@ async fn monitor(
 ) -> Monitor {
     let mut m = Monitor::default();
     let permit = gate.acquire().await;
-    let ws = tokio_tungstenite::connect_async(&url).await;
+    let ws = tokio_tungstenite::connect_async_with_config(&url, None, true).await;
     drop(permit);
     let mut ws = match ws {
         Ok((ws, _)) => ws,

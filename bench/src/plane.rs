@@ -181,7 +181,8 @@ impl Plane {
             "{}/ws/vms/{name}{suffix}?token={}{query}",
             self.ws_base, self.jwt
         );
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        // Nagle off, as a browser does: the client adds no delay of its own.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
             .await
             .context(format!("connecting to /ws/vms/{name}{suffix}"))?;
         let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -204,15 +205,32 @@ impl Plane {
         }
     }
 
-    /// The pid of the QEMU running VM `id` (its `-name vmfleet-<id>`), if any.
+    /// The pid of the QEMU running VM `id`: the one named `vmfleet-<id>`, else the only QEMU
+    /// whose files are in this server's data dir (the agent may name its guests otherwise).
     pub fn guest_pid(&self, id: &str) -> Option<u32> {
         let name = format!("vmfleet-{id}");
-        let entries = std::fs::read_dir("/proc").ok()?;
-        entries.flatten().find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let args = cmdline(pid);
-            (args.first()?.contains("qemu-system") && args.contains(&name)).then_some(pid)
-        })
+        let data = self.data_dir.display().to_string();
+        let qemus: Vec<(u32, Vec<String>)> = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let args = cmdline(pid);
+                args.first()?.contains("qemu-system").then_some((pid, args))
+            })
+            .collect();
+        if let Some((pid, _)) = qemus.iter().find(|(_, a)| a.contains(&name)) {
+            return Some(*pid);
+        }
+        let ours: Vec<u32> = qemus
+            .iter()
+            .filter(|(_, a)| a.iter().any(|x| x.contains(&data)))
+            .map(|(p, _)| *p)
+            .collect();
+        match ours[..] {
+            [one] => Some(one),
+            _ => None,
+        }
     }
 
     /// SIGTERM (then SIGKILL); how it ended.
