@@ -119,6 +119,8 @@ pub async fn run(opts: AllOptions, progress: impl Fn(&str)) -> Result<AllResult>
     let bin = opts.server_bin.clone();
     // Build the release binary (if missing) once, before anything is timed.
     crate::fleet::server_binary(bin.clone(), &progress).await?;
+    // And the Node.js peer's modules (npm ci on first use), untimed too.
+    crate::fleet::node_modules(&FleetOptions::default().node_dir, &progress).await?;
 
     let mut fleet = Vec::new();
     for &agents in &opts.fleet_agents {

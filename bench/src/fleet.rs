@@ -441,7 +441,10 @@ pub(crate) async fn server_binary(
 
 /// Makes sure `bench/node-fleet/node_modules` is installed (`npm ci` otherwise); returns the
 /// versions that matter.
-async fn node_modules(dir: &Path, progress: &impl Fn(&str)) -> Result<serde_json::Value> {
+pub(crate) async fn node_modules(
+    dir: &Path,
+    progress: &impl Fn(&str),
+) -> Result<serde_json::Value> {
     let version = |pkg: &str| -> Option<String> {
         let text = std::fs::read_to_string(dir.join("node_modules").join(pkg).join("package.json"))
             .ok()?;

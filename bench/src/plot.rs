@@ -309,7 +309,7 @@ pub fn quantiles_svg(r: &ScenarioResult, unit: &str) -> String {
         x1 - x0,
         bottom - top
     );
-    for q in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+    for q in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
         let gx = x(q);
         let _ = writeln!(
             s,

@@ -96,7 +96,7 @@ pub fn num(v: f64) -> String {
         return "-".into();
     }
     let a = v.abs();
-    let s = if a >= 1000.0 {
+    let s = if a >= 1000.0 || (a.fract() == 0.0 && a < 1e15) {
         let int = format!("{:.0}", a);
         let mut out = String::new();
         for (i, c) in int.chars().enumerate() {
@@ -514,6 +514,8 @@ mod tests {
         assert_eq!(num(0.1234), "0.123");
         assert_eq!(num(-2.5), "-2.50");
         assert_eq!(num(f64::NAN), "-");
+        assert_eq!(num(50.0), "50");
+        assert_eq!(num(0.0), "0");
     }
 
     #[test]
