@@ -37,7 +37,7 @@ pub fn fleet_svg(r: &FleetResult) -> String {
         .collect();
     bar_panel(
         &mut s,
-        "server CPU s per 1,000 heartbeats",
+        "CPU s / 1,000 heartbeats",
         &cpu,
         None,
         600.0,
