@@ -75,6 +75,10 @@ pub struct FanoutResult {
     /// Server CPU seconds per second, without monitors and with them.
     pub idle_cores: f64,
     pub cores: f64,
+    /// The monitors' own process (this benchmark) in the window, in cores: if it neared a
+    /// whole core, late metrics could be its own.
+    #[serde(default)]
+    pub loadgen_cores: f64,
     /// Server RSS before the monitors and once all were connected, KiB.
     pub rss_before_kib: u64,
     pub rss_connected_kib: u64,
@@ -206,6 +210,7 @@ async fn measure(
     // Let every monitor get its first metrics before the window.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let window_start = ProcSample::read(pid)?;
+    let own_start = ProcSample::own()?;
     let w0 = Instant::now();
     progress(&format!(
         "fanout: {} monitors connected; measuring for {} s",
@@ -214,6 +219,7 @@ async fn measure(
     ));
     tokio::time::sleep(opts.duration).await;
     let window_end = ProcSample::read(pid)?;
+    let own_end = ProcSample::own()?;
     let w1 = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let mut monitors = Vec::with_capacity(tasks.len());
@@ -230,6 +236,7 @@ async fn measure(
         (w0, w1),
         idle_window,
         [idle_before, idle_after, window_start, window_end],
+        (own_end.cpu_s - own_start.cpu_s) / w1.saturating_duration_since(w0).as_secs_f64(),
         accel,
     ))
 }
@@ -300,6 +307,7 @@ fn summarise(
     (w0, w1): (Instant, Instant),
     idle_window: f64,
     [idle_before, idle_after, window_start, window_end]: [ProcSample; 4],
+    loadgen_cores: f64,
     accel: String,
 ) -> FanoutResult {
     let window = w1.saturating_duration_since(w0).as_secs_f64();
@@ -415,6 +423,7 @@ fn summarise(
         idle_window_s: (idle_window * 1000.0).round() / 1000.0,
         idle_cores,
         cores: busy_cores,
+        loadgen_cores: (loadgen_cores * 1e4).round() / 1e4,
         rss_before_kib: idle_after.rss_kib,
         rss_connected_kib: window_start.rss_kib,
         rss_end_kib: window_end.rss_kib,
@@ -479,6 +488,7 @@ impl FanoutResult {
             "| measure | value |\n|---|---:|\n\
              | connected / held at the end | {} / {} of {} |\n\
              | server CPU (cores), no monitor / with them | {} / {} |\n\
+             | the monitors' process (this benchmark), cores | {} |\n\
              | server RSS (MiB), no monitor / connected / end | {} / {} / {} |\n\
              | RSS per monitor (KiB) | {} |\n\
              | metrics received in the window | {} |\n\
@@ -490,6 +500,7 @@ impl FanoutResult {
             self.connections,
             num(self.idle_cores),
             num(self.cores),
+            num(self.loadgen_cores),
             num(self.rss_before_kib as f64 / 1024.0),
             num(self.rss_connected_kib as f64 / 1024.0),
             num(self.rss_end_kib as f64 / 1024.0),
