@@ -130,7 +130,7 @@ pub async fn run(opts: AllOptions, progress: impl Fn(&str)) -> Result<AllResult>
             server_bin: bin.clone(),
             ..FleetOptions::default()
         };
-        let limit = Duration::from_secs(if q { 150 } else { 120 + agents as u64 / 20 });
+        let limit = Duration::from_secs(if q { 150 } else { 240 + agents as u64 / 20 });
         let name = format!("fleet N={agents}");
         if let Some(r) = bounded(
             &name,
