@@ -120,6 +120,10 @@ struct AllArgs {
     /// fresh temporary directory, kept].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure nothing: write the report and the plots again from this JSON file of an
+    /// earlier run.
+    #[arg(long, conflicts_with = "quick")]
+    rewrite: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -385,6 +389,20 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::All(args) => {
+            if let Some(path) = &args.rewrite {
+                let text =
+                    std::fs::read_to_string(path).context(format!("reading {}", path.display()))?;
+                let result: vmfleet_bench::all::AllResult =
+                    serde_json::from_str(&text).context(format!("decoding {}", path.display()))?;
+                let out = args.out.clone().unwrap_or_else(default_out);
+                let (json, md) = result.write(&out)?;
+                eprintln!(
+                    "wrote {}, {} and the plots beside them",
+                    json.display(),
+                    md.display()
+                );
+                return Ok(());
+            }
             let out = match args.out {
                 Some(o) => o,
                 None if args.quick => tempfile::Builder::new()

@@ -209,8 +209,25 @@ fn bar_panel(
 /// smaller one.
 pub fn ratios_svg(title: &str, figures: &[Figure]) -> String {
     let rows: Vec<&Figure> = figures.iter().filter(|f| f.ratio.is_some()).collect();
-    let (label_w, plot_w, row_h, top) = (430.0, 520.0, 22.0, 60.0);
-    let width = label_w + plot_w + 40.0;
+    let label = |f: &Figure| {
+        format!(
+            "{}: {} ({} {} vs {})",
+            f.scenario,
+            f.name,
+            num(f.value),
+            f.unit,
+            num(f.peer_value.unwrap_or(f64::NAN))
+        )
+    };
+    // About 7 px a character at 12 px: the longest label fits, the bars' text too.
+    let longest = rows
+        .iter()
+        .map(|f| label(f).chars().count())
+        .max()
+        .unwrap_or(10);
+    let (plot_w, row_h, top) = (520.0, 22.0, 60.0);
+    let label_w = longest as f64 * 7.0 + 20.0;
+    let width = label_w + plot_w + 90.0;
     let height = top + row_h * rows.len().max(1) as f64 + 50.0;
     let (lo, hi) = (-4.0f64, 4.0f64);
     let x = |r: f64| label_w + (r.max(1e-9).log2().clamp(lo, hi) - lo) / (hi - lo) * plot_w;
@@ -254,14 +271,10 @@ pub fn ratios_svg(title: &str, figures: &[Figure]) -> String {
         };
         let _ = writeln!(
             s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}: {} ({} {} vs {})</text><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}">{r:.2}x</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}">{r:.2}x</text>"#,
             label_w - 8.0,
             cy + 15.0,
-            esc(&f.scenario),
-            esc(&f.name),
-            num(f.value),
-            esc(&f.unit),
-            num(f.peer_value.unwrap_or(f64::NAN)),
+            esc(&label(f)),
             a.min(b),
             cy + 4.0,
             (a - b).abs().max(1.0),
