@@ -44,6 +44,17 @@ export VMFLEET_PYTHON
 ensure_node_socketio
 echo "== cargo test"
 cargo test --workspace --locked
+# The benchmarks' harness: every scenario, small and short, against the debug build (its
+# figures are not reported); wrk drives the api scenario, the plots need a font, the fleet
+# scenario's Node.js peer builds better-sqlite3 when no prebuilt binary can be fetched.
+echo "== vmfleet-bench all --quick"
+ensure_packages wrk fonts-dejavu-core python3 make g++
+if [ ! -d bench/node-fleet/node_modules/socket.io ]; then
+    (cd bench/node-fleet && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+VMFLEET_BENCH_OUT="$(mktemp -d /tmp/vmfleet-bench-quick.XXXXXX)"
+target/debug/vmfleet-bench all --quick --server-bin target/debug/vmfleet --out "$VMFLEET_BENCH_OUT"
+rm -rf "$VMFLEET_BENCH_OUT"
 # The REST API fuzzed from its own /openapi.json: any 5xx fails the run.
 echo "== schemathesis"
 scripts/schemathesis.sh

@@ -26,12 +26,17 @@ use vmfleet_store::{NewVm, Resources, Store, WorkloadKind};
 
 use crate::fleet::{Server, git_commit, server_binary};
 use crate::machine::Machine;
-use crate::report::{machine_markdown, upsert_section, with_title, write_atomic};
+use crate::rate::{self, RateRun};
+use crate::report::{
+    Figure, figures_markdown, machine_markdown, upsert_section, with_title, write_atomic,
+};
 use crate::{BenchError, Context, Result};
 
 pub const SCENARIO: &str = "api";
 pub const TARGET_P99_MS: f64 = 5.0;
 pub const TARGET_RPS: f64 = 5000.0;
+/// The floor's run: `GET /health` on the same server.
+pub const HEALTH: &str = "health";
 
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
@@ -42,6 +47,9 @@ pub struct ApiOptions {
     pub users: usize,
     pub vms_per_user: usize,
     pub server_bin: Option<PathBuf>,
+    /// Fixed request rates (requests a second) of the open-loop runs, and each run's length.
+    pub rates: Vec<f64>,
+    pub rate_duration: Duration,
 }
 
 /// One `wrk` run.
@@ -68,6 +76,9 @@ pub struct ApiResult {
     pub connections: u32,
     pub threads: u32,
     pub runs: Vec<WrkRun>,
+    /// Open-loop runs at fixed rates: `info`, `list` and `health` at each rate.
+    #[serde(default)]
+    pub fixed: Vec<RateRun>,
 }
 
 /// A wallet signed in to the server: its address and JWT.
@@ -330,6 +341,59 @@ pub async fn run(opts: ApiOptions, progress: impl Fn(&str)) -> Result<ApiResult>
         )
         .await?,
     );
+    // The floor: the same server's `GET /health`, no token, no database.
+    let script = dir.path().join("health.lua");
+    std::fs::write(&script, "wrk.method = \"GET\"\n").context("the wrk script")?;
+    progress("api: wrk on /health (the floor)");
+    runs.push(
+        wrk(
+            HEALTH,
+            "GET /health on the same server: no token, no database (the HTTP stack's floor)",
+            &format!("{base}/health"),
+            &script,
+            &opts,
+        )
+        .await?,
+    );
+    // Fixed rates, open loop: each path at each rate, the floor beside it.
+    let mut fixed = Vec::new();
+    for &rate in &opts.rates {
+        for (name, method, path, body, token) in [
+            (
+                "info",
+                reqwest::Method::POST,
+                "/vm/info",
+                Some(info[0].1.clone()),
+                true,
+            ),
+            (
+                "list",
+                reqwest::Method::POST,
+                "/vm/list",
+                Some("{}".to_owned()),
+                true,
+            ),
+            (HEALTH, reqwest::Method::GET, "/health", None, false),
+        ] {
+            progress(&format!("api: {path} at {rate} requests/s"));
+            let req = rate::Request {
+                method,
+                url: format!("{base}{path}"),
+                token: token.then(|| me.token.clone()),
+                body,
+            };
+            fixed.push(
+                rate::run(
+                    name,
+                    &format!("{path} at a fixed {rate} requests/s"),
+                    req,
+                    rate,
+                    opts.rate_duration,
+                )
+                .await?,
+            );
+        }
+    }
     server.stop().await;
 
     // Run 3: many wallets, seed 002's limits on.
@@ -374,6 +438,7 @@ pub async fn run(opts: ApiOptions, progress: impl Fn(&str)) -> Result<ApiResult>
         connections: opts.connections,
         threads: opts.threads,
         runs,
+        fixed,
     })
 }
 
@@ -405,7 +470,11 @@ impl ApiResult {
             );
         }
         s.push_str("\n| target | measured | verdict |\n|---|---|---|\n");
-        for r in self.runs.iter().filter(|r| r.name != "limited") {
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.name != "limited" && r.name != HEALTH)
+        {
             let ok = r.requests_per_s >= TARGET_RPS && r.p99_ms < TARGET_P99_MS;
             let _ = writeln!(
                 s,
@@ -431,8 +500,95 @@ impl ApiResult {
                 info.p99_ms
             );
         }
-        s.push_str("\nwrk and the server share the machine's cores.\n");
+        if !self.fixed.is_empty() {
+            s.push_str(
+                "\nOpen loop at fixed rates (requests sent on schedule whatever the answers; latency from each send):\n\n\
+                 | path | rate/s | answered/s | p50 / p90 / p99 / max (ms) | non-2xx | errors | dropped | send lateness p99 (ms) |\n\
+                 |---|---:|---:|---|---:|---:|---:|---:|\n",
+            );
+            for r in &self.fixed {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} | {} | {:.2} |",
+                    r.description.split(' ').next().unwrap_or(&r.name),
+                    r.rate,
+                    r.answered_per_s,
+                    r.latency_ms.p50,
+                    r.latency_ms.p90,
+                    r.latency_ms.p99,
+                    r.latency_ms.max,
+                    r.non_2xx,
+                    r.errors,
+                    r.dropped,
+                    r.send_lateness_ms.p99
+                );
+            }
+        }
+        s.push_str("\nwrk and the server share the machine's cores.\n\n");
+        s.push_str(&figures_markdown(&self.figures()));
         s
+    }
+
+    /// The headline figures: `info` and `list` against `/health` on the same server.
+    pub fn figures(&self) -> Vec<Figure> {
+        let floor = self.runs.iter().find(|r| r.name == HEALTH);
+        let mut out = Vec::new();
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.name == "info" || r.name == "list")
+        {
+            let ok = r.requests_per_s >= TARGET_RPS && r.p99_ms < TARGET_P99_MS;
+            let peer = "GET /health, same server";
+            let mut rps = Figure::new(
+                SCENARIO,
+                &format!("/vm/{} requests/s", r.name),
+                "req/s",
+                r.requests_per_s,
+            );
+            let mut p50 = Figure::new(SCENARIO, &format!("/vm/{} p50", r.name), "ms", r.p50_ms);
+            let mut p99 = Figure::new(SCENARIO, &format!("/vm/{} p99", r.name), "ms", r.p99_ms);
+            if let Some(f) = floor {
+                rps = rps.against(peer, f.requests_per_s);
+                p50 = p50.against(peer, f.p50_ms);
+                p99 = p99.against(peer, f.p99_ms);
+            }
+            out.push(rps);
+            out.push(p50);
+            out.push(p99.target(
+                &format!("< {TARGET_P99_MS} ms at >= {TARGET_RPS:.0} req/s"),
+                ok,
+            ));
+        }
+        for r in self.fixed.iter().filter(|r| r.name != HEALTH) {
+            let floor = self
+                .fixed
+                .iter()
+                .find(|f| f.name == HEALTH && f.rate == r.rate);
+            let peer = format!("GET /health at {} req/s", r.rate);
+            for (what, v, fv) in [
+                ("p50", r.latency_ms.p50, floor.map(|f| f.latency_ms.p50)),
+                ("p99", r.latency_ms.p99, floor.map(|f| f.latency_ms.p99)),
+            ] {
+                let mut fig = Figure::new(
+                    SCENARIO,
+                    &format!("/vm/{} {what} at a fixed {} req/s", r.name, r.rate),
+                    "ms",
+                    v,
+                );
+                if let Some(fv) = fv {
+                    fig = fig.against(&peer, fv);
+                }
+                if what == "p99" && r.rate >= TARGET_RPS {
+                    fig = fig.target(
+                        &format!("< {TARGET_P99_MS} ms, all answered"),
+                        v < TARGET_P99_MS && r.answered == r.sent + r.dropped && r.errors == 0,
+                    );
+                }
+                out.push(fig);
+            }
+        }
+        out
     }
 
     /// Writes `<date>-<host>-api.json` and the scenario's section of `<date>-<host>.md`.

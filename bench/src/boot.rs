@@ -33,7 +33,7 @@ use vmfleet_hypervisor::{
 
 use crate::guest::{self, INITRD, KERNEL, MarkerScan, READY_MARKER, ROOTFS, Sweeper};
 use crate::machine::Machine;
-use crate::report::{Comparison, Mark, Measure, SCHEMA, Sample, ScenarioResult, Variant};
+use crate::report::{Comparison, Figure, Mark, Measure, SCHEMA, Sample, ScenarioResult, Variant};
 use crate::stats::{Summary, ms};
 use crate::{BenchError, Context, Result};
 
@@ -43,9 +43,9 @@ pub const BY_HAND: &str = "by-hand";
 /// What the driver may add to a boot.
 pub const TARGET_MS: f64 = 50.0;
 /// How often the by-hand launcher tries QEMU's console socket until it exists.
-const CONNECT_POLL: Duration = Duration::from_millis(1);
+pub(crate) const CONNECT_POLL: Duration = Duration::from_millis(1);
 /// Untimed pause between runs, so one run's teardown does not overlap the next one.
-const SETTLE: Duration = Duration::from_millis(300);
+pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct BootOptions {
@@ -74,19 +74,19 @@ impl Default for BootOptions {
 }
 
 /// One run: its length and the points it passed, since its start.
-struct Run {
-    total: Duration,
+pub(crate) struct Run {
+    pub(crate) total: Duration,
     marks: Vec<(&'static str, Duration)>,
 }
 
 impl Run {
     /// The marks in the order they were reached.
-    fn new(total: Duration, mut marks: Vec<(&'static str, Duration)>) -> Self {
+    pub(crate) fn new(total: Duration, mut marks: Vec<(&'static str, Duration)>) -> Self {
         marks.sort_by_key(|(_, at)| *at);
         Run { total, marks }
     }
 
-    fn sample(&self, run: usize, seq: usize) -> Sample {
+    pub(crate) fn sample(&self, run: usize, seq: usize) -> Sample {
         Sample {
             run,
             seq,
@@ -105,16 +105,16 @@ impl Run {
 
 /// When the marker arrived, and whether it was already in the scrollback when the reader
 /// subscribed (then the arrival is only known to be no later than the subscription).
-struct Arrival {
-    at: Instant,
-    in_scrollback: bool,
+pub(crate) struct Arrival {
+    pub(crate) at: Instant,
+    pub(crate) in_scrollback: bool,
     /// When the first console bytes arrived, unless some were already in the scrollback.
-    first_output: Option<Instant>,
+    pub(crate) first_output: Option<Instant>,
 }
 
 impl Arrival {
     /// `output` and `ready`, since `t0`.
-    fn marks(&self, t0: Instant) -> Vec<(&'static str, Duration)> {
+    pub(crate) fn marks(&self, t0: Instant) -> Vec<(&'static str, Duration)> {
         let since = |i: Instant| i.saturating_duration_since(t0);
         let mut marks = Vec::new();
         if let Some(o) = self.first_output {
@@ -536,6 +536,22 @@ impl Bench {
                     "sha256_rootfs.ext4": pick("sha256_rootfs.ext4"),
                 },
             }),
+            figures: vec![
+                Figure::new(
+                    SCENARIO,
+                    "create to console ready p50 (driver)",
+                    "ms",
+                    driver.summary.p50,
+                )
+                .against(BY_HAND, hand.summary.p50),
+                Figure::new(
+                    SCENARIO,
+                    "create to console ready mean (driver)",
+                    "ms",
+                    driver.summary.mean,
+                )
+                .against(BY_HAND, hand.summary.mean),
+            ],
             comparisons,
             variants: vec![driver, hand],
             notes,
@@ -548,10 +564,10 @@ impl Bench {
 /// Watching `qmp.sock` tells, in both variants alike, when QEMU went on to start the guest:
 /// it makes that socket right after a client connected to its console, which it waits for
 /// (`wait=on`) before anything else.
-struct Appears(tokio::task::JoinHandle<Option<Instant>>);
+pub(crate) struct Appears(tokio::task::JoinHandle<Option<Instant>>);
 
 impl Appears {
-    fn watch(path: PathBuf, deadline: Instant) -> Self {
+    pub(crate) fn watch(path: PathBuf, deadline: Instant) -> Self {
         Appears(tokio::spawn(async move {
             loop {
                 if std::fs::symlink_metadata(&path).is_ok() {
@@ -566,7 +582,7 @@ impl Appears {
     }
 
     /// When it appeared; `None` if it did not before the deadline.
-    async fn at(mut self) -> Option<Instant> {
+    pub(crate) async fn at(mut self) -> Option<Instant> {
         (&mut self.0).await.ok().flatten()
     }
 }
@@ -578,7 +594,7 @@ impl Drop for Appears {
 }
 
 /// The root disk as `Vmm::create` makes it: a copy of the image, grown (sparse) to `gib`.
-fn copy_root_disk(image: &Path, disk: &Path, gib: u64) -> Result<()> {
+pub(crate) fn copy_root_disk(image: &Path, disk: &Path, gib: u64) -> Result<()> {
     std::fs::copy(image, disk).context(format!("copying {}", image.display()))?;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -643,7 +659,7 @@ async fn watch_console(mut reader: ConsoleReader, deadline: Instant) -> Result<A
 }
 
 /// Reads QEMU's console socket until the marker: when the read that completed it returned.
-async fn read_console(mut stream: UnixStream, deadline: Instant) -> Result<Arrival> {
+pub(crate) async fn read_console(mut stream: UnixStream, deadline: Instant) -> Result<Arrival> {
     let mut scan = MarkerScan::new(READY_MARKER);
     let mut buf = vec![0u8; 16 * 1024];
     let mut first_output = None;

@@ -441,7 +441,10 @@ pub(crate) async fn server_binary(
 
 /// Makes sure `bench/node-fleet/node_modules` is installed (`npm ci` otherwise); returns the
 /// versions that matter.
-async fn node_modules(dir: &Path, progress: &impl Fn(&str)) -> Result<serde_json::Value> {
+pub(crate) async fn node_modules(
+    dir: &Path,
+    progress: &impl Fn(&str),
+) -> Result<serde_json::Value> {
     let version = |pkg: &str| -> Option<String> {
         let text = std::fs::read_to_string(dir.join("node_modules").join(pkg).join("package.json"))
             .ok()?;
@@ -1497,6 +1500,60 @@ impl FleetResult {
             let _ = writeln!(md, "- {n}");
         }
         md
+    }
+
+    /// The headline figures: vmfleet against the Node.js socket.io server of the same run.
+    pub fn figures(&self) -> Vec<crate::report::Figure> {
+        use crate::report::Figure;
+        let scenario = format!("{} N={}", self.scenario, self.config["agents"]);
+        let (Some(v), node) = (
+            self.runs.iter().find(|r| r.name == VMFLEET),
+            self.runs.iter().find(|r| r.name == NODE),
+        ) else {
+            return Vec::new();
+        };
+        type Row = (&'static str, &'static str, fn(&ServerRun) -> f64);
+        let rows: [Row; 6] = [
+            ("agents held to the end", "agents", |r| r.held_at_end as f64),
+            ("heartbeats/s", "hb/s", |r| r.heartbeats_per_s),
+            ("ack p50", "ms", |r| r.ack_ms.p50),
+            ("ack p99", "ms", |r| r.ack_ms.p99),
+            ("server CPU per 1,000 heartbeats", "CPU s", |r| {
+                r.cpu_s_per_1000
+            }),
+            ("RSS per connection", "KiB", |r| r.kib_per_connection),
+        ];
+        rows.iter()
+            .map(|(name, unit, f)| {
+                let fig = Figure::new(&scenario, name, unit, f(v));
+                let fig = match node {
+                    Some(n) => fig.against(NODE, f(n)),
+                    None => fig,
+                };
+                match *name {
+                    "ack p99" => fig.target(
+                        &format!("< {TARGET_P99_MS} ms"),
+                        v.ack_ms.p99 < TARGET_P99_MS,
+                    ),
+                    "RSS per connection" => fig.target(
+                        &format!("< {TARGET_KIB_PER_CONNECTION} KiB"),
+                        v.kib_per_connection < TARGET_KIB_PER_CONNECTION,
+                    ),
+                    "server CPU per 1,000 heartbeats" => match node {
+                        Some(n) => fig.target(
+                            "<= 1/3 of Node's",
+                            v.cpu_s_per_1000 <= n.cpu_s_per_1000 * TARGET_CPU_RATIO,
+                        ),
+                        None => fig,
+                    },
+                    "agents held to the end" => fig.target(
+                        "all, no missed ack",
+                        v.held_at_end == v.agents && v.heartbeats_missed == 0,
+                    ),
+                    _ => fig,
+                }
+            })
+            .collect()
     }
 
     /// `<date>-<host>`.

@@ -30,6 +30,100 @@ enum Command {
     /// `POST /vm/info` and `POST /vm/list` under load with wrk, token verification on; then
     /// many wallets with seed 002's rate limits on.
     Api(ApiArgs),
+    /// Keystroke echo latency through the whole console path (WebSocket -> control plane ->
+    /// agent -> guest serial -> back) against the guest's console socket directly.
+    Console(ConsoleArgs),
+    /// Create-to-console-ready through the REST and WebSocket API (`vmfleet up`) against the
+    /// same QEMU command line launched by hand, interleaved run by run.
+    BootApi(BootApiArgs),
+    /// Many monitor connections with metrics every second on one running VM: what they cost
+    /// the server, and whether each got its metrics every second.
+    Fanout(FanoutArgs),
+    /// Every scenario in one run (fleet for 1,000, 5,000 and 10,000 agents, api, boot,
+    /// boot-api, console, fanout): `<date>-<host>.json` and the report with PNG plots.
+    All(AllArgs),
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    /// Measured keystrokes on each path.
+    #[arg(long, default_value_t = 300)]
+    keystrokes: usize,
+    /// Unmeasured keystrokes on each path first.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// 30 keystrokes.
+    #[arg(long, conflicts_with = "keystrokes")]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BootApiArgs {
+    /// Measured runs of each variant.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// 2 runs.
+    #[arg(long, conflicts_with = "runs")]
+    quick: bool,
+    /// Unmeasured runs of each variant first (at least 1: it gives the by-hand command line).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// The most one boot may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    /// Monitor connections.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The measured window, in seconds.
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// 50 connections, 5 s.
+    #[arg(long, conflicts_with_all = ["connections", "duration_secs"])]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AllArgs {
+    /// Small, short runs (under 5 minutes) that keep the harness working; not for reporting.
+    #[arg(long)]
+    quick: bool,
+    /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
+    /// missing].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where the results go [default: bench/results of the source tree; with --quick a
+    /// fresh temporary directory, kept].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measure nothing: write the report and the plots again from this JSON file of an
+    /// earlier run.
+    #[arg(long, conflicts_with = "quick")]
+    rewrite: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -49,8 +143,14 @@ struct ApiArgs {
     /// VMs of each wallet.
     #[arg(long, default_value_t = 5)]
     vms_per_user: usize,
-    /// 5 s runs, 100 wallets.
-    #[arg(long, conflicts_with_all = ["duration_secs", "users"])]
+    /// The fixed request rates (requests a second) of the open-loop runs.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000")]
+    rates: Vec<f64>,
+    /// Seconds of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
+    rate_secs: u64,
+    /// 5 s runs, 100 wallets, one fixed rate (500/s) for 2 s.
+    #[arg(long, conflicts_with_all = ["duration_secs", "users", "rates"])]
     quick: bool,
     /// The `vmfleet` binary [default: target/release/vmfleet of the workspace, built if
     /// missing].
@@ -212,6 +312,12 @@ async fn run(cli: Cli) -> Result<()> {
                 users: if args.quick { 100 } else { args.users },
                 vms_per_user: args.vms_per_user,
                 server_bin: args.server_bin,
+                rates: if args.quick {
+                    vec![500.0]
+                } else {
+                    args.rates.clone()
+                },
+                rate_duration: Duration::from_secs(if args.quick { 2 } else { args.rate_secs }),
             };
             let out = args.out.unwrap_or_else(default_out);
             let progress = |line: &str| eprintln!("{line}");
@@ -224,6 +330,111 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", result.markdown());
             eprintln!("wrote {} and {}", json.display(), md.display());
             Ok(())
+        }
+        Command::Console(args) => {
+            let opts = vmfleet_bench::console::ConsoleOptions {
+                keystrokes: if args.quick { 30 } else { args.keystrokes },
+                warmup: args.warmup,
+                server_bin: args.server_bin,
+                ..Default::default()
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::console::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Command::BootApi(args) => {
+            let opts = vmfleet_bench::boot_api::BootApiOptions {
+                runs: if args.quick { 2 } else { args.runs },
+                warmup: args.warmup,
+                timeout: Duration::from_secs(args.timeout),
+                server_bin: args.server_bin,
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::boot_api::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Command::Fanout(args) => {
+            let opts = vmfleet_bench::fanout::FanoutOptions {
+                connections: if args.quick { 50 } else { args.connections },
+                duration: Duration::from_secs(if args.quick { 5 } else { args.duration_secs }),
+                server_bin: args.server_bin,
+                ..Default::default()
+            };
+            let out = args.out.unwrap_or_else(default_out);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::fanout::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.markdown());
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Command::All(args) => {
+            if let Some(path) = &args.rewrite {
+                let text =
+                    std::fs::read_to_string(path).context(format!("reading {}", path.display()))?;
+                let result: vmfleet_bench::all::AllResult =
+                    serde_json::from_str(&text).context(format!("decoding {}", path.display()))?;
+                let out = args.out.clone().unwrap_or_else(default_out);
+                let (json, md) = result.write(&out)?;
+                eprintln!(
+                    "wrote {}, {} and the plots beside them",
+                    json.display(),
+                    md.display()
+                );
+                return Ok(());
+            }
+            let out = match args.out {
+                Some(o) => o,
+                None if args.quick => tempfile::Builder::new()
+                    .prefix("vmfleet-bench-quick-")
+                    .tempdir()
+                    .context("creating a temporary directory")?
+                    .keep(),
+                None => default_out(),
+            };
+            let opts = vmfleet_bench::all::AllOptions::new(args.quick, args.server_bin);
+            let progress = |line: &str| eprintln!("{line}");
+            let result = tokio::select! {
+                r = vmfleet_bench::all::run(opts, progress) => r?,
+                e = interrupted() => return Err(e),
+            };
+            let (json, md) = result.write(&out)?;
+            println!("{}", machine_markdown(&result.machine));
+            println!("{}", result.summary_markdown(&[]));
+            eprintln!(
+                "wrote {}, {} and the plots beside them",
+                json.display(),
+                md.display()
+            );
+            if result.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(BenchError::new(format!(
+                    "{} scenario(s) did not finish: {}",
+                    result.failures.len(),
+                    result.failures.join("; ")
+                )))
+            }
         }
         Command::Boot(args) => {
             let opts = boot::BootOptions {

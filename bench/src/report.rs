@@ -35,7 +35,119 @@ pub struct ScenarioResult {
     pub config: serde_json::Value,
     pub variants: Vec<Variant>,
     pub comparisons: Vec<Comparison>,
+    /// The headline figures, each next to its peer or floor measured in the same run.
+    #[serde(default)]
+    pub figures: Vec<Figure>,
     pub notes: Vec<String>,
+}
+
+/// One headline figure: vmfleet's value, its peer's or floor's measured in the same run, and
+/// their ratio; with the target when it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub scenario: String,
+    pub name: String,
+    pub unit: String,
+    /// vmfleet's value.
+    pub value: f64,
+    /// What it is compared with (`node-socket.io`, `floor: ...`), and its value.
+    pub peer: Option<String>,
+    pub peer_value: Option<f64>,
+    /// value / peer_value.
+    pub ratio: Option<f64>,
+    pub target: Option<String>,
+    pub pass: Option<bool>,
+}
+
+impl Figure {
+    pub fn new(scenario: &str, name: &str, unit: &str, value: f64) -> Self {
+        Figure {
+            scenario: scenario.to_owned(),
+            name: name.to_owned(),
+            unit: unit.to_owned(),
+            value,
+            peer: None,
+            peer_value: None,
+            ratio: None,
+            target: None,
+            pass: None,
+        }
+    }
+
+    /// Next to `peer`'s value, with the ratio (none when the peer's value is 0).
+    pub fn against(mut self, peer: &str, peer_value: f64) -> Self {
+        self.peer = Some(peer.to_owned());
+        self.peer_value = Some(peer_value);
+        self.ratio = (peer_value != 0.0 && peer_value.is_finite() && self.value.is_finite())
+            .then(|| (self.value / peer_value * 1000.0).round() / 1000.0);
+        self
+    }
+
+    pub fn target(mut self, target: &str, pass: bool) -> Self {
+        self.target = Some(target.to_owned());
+        self.pass = Some(pass);
+        self
+    }
+}
+
+/// A number as the tables print it: three significant digits or so, thousands apart.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let a = v.abs();
+    let s = if a >= 1000.0 || (a.fract() == 0.0 && a < 1e15) {
+        let int = format!("{:.0}", a);
+        let mut out = String::new();
+        for (i, c) in int.chars().enumerate() {
+            if i > 0 && (int.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if a >= 100.0 {
+        format!("{a:.0}")
+    } else if a >= 10.0 {
+        format!("{a:.1}")
+    } else if a >= 1.0 {
+        format!("{a:.2}")
+    } else {
+        format!("{a:.3}")
+    };
+    if v < 0.0 { format!("-{s}") } else { s }
+}
+
+/// The figures as a Markdown table.
+pub fn figures_markdown(figures: &[Figure]) -> String {
+    let mut md = String::new();
+    md.push_str(
+        "| scenario | figure | vmfleet | peer / floor (same run) | ratio | target | verdict |\n",
+    );
+    md.push_str("|---|---|---:|---|---:|---|---|\n");
+    for f in figures {
+        let peer = match (&f.peer, f.peer_value) {
+            (Some(p), Some(v)) => format!("{} {}: {p}", num(v), f.unit),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} {} | {} | {} | {} | {} |",
+            f.scenario,
+            f.name,
+            num(f.value),
+            f.unit,
+            peer,
+            f.ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            f.target.as_deref().unwrap_or("-"),
+            match f.pass {
+                Some(true) => "**pass**",
+                Some(false) => "**FAIL**",
+                None => "-",
+            }
+        );
+    }
+    md
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +360,10 @@ impl ScenarioResult {
             );
         }
         md.push('\n');
+        if !self.figures.is_empty() {
+            md.push_str(&figures_markdown(&self.figures));
+            md.push('\n');
+        }
         md.push_str(&self.marks_markdown());
         if !self.notes.is_empty() {
             md.push_str("Notes:\n\n");
@@ -262,6 +378,13 @@ impl ScenarioResult {
     /// The median time at which each variant reached each of its marks.
     fn marks_markdown(&self) -> String {
         let mut md = String::new();
+        if self
+            .variants
+            .iter()
+            .all(|v| v.samples.iter().all(|s| s.marks.is_empty()))
+        {
+            return md;
+        }
         md.push_str("Where the time goes (median ms since the run started, per mark):\n\n");
         md.push_str("| variant | marks |\n|---|---|\n");
         for v in &self.variants {
@@ -380,6 +503,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn figures_carry_their_ratio() {
+        let f = Figure::new("s", "x", "ms", 3.0).against("floor", 2.0);
+        assert_eq!(f.ratio, Some(1.5));
+        assert_eq!(
+            Figure::new("s", "x", "ms", 3.0).against("p", 0.0).ratio,
+            None
+        );
+        assert_eq!(num(12345.6), "12,346");
+        assert_eq!(num(0.1234), "0.123");
+        assert_eq!(num(-2.5), "-2.50");
+        assert_eq!(num(f64::NAN), "-");
+        assert_eq!(num(50.0), "50");
+        assert_eq!(num(0.0), "0");
+    }
+
+    #[test]
     fn sections_are_replaced_or_appended() {
         let doc = upsert_section("", "a", "first A\n");
         let doc = upsert_section(&doc, "b", "B");
@@ -470,6 +609,7 @@ mod tests {
                 Some(50.0),
             )],
             variants: vec![a, b],
+            figures: vec![Figure::new("boot", "p50", "ms", 110.0).against("by-hand", 100.0)],
             notes: vec!["n".into()],
         };
         let (json, md) = r.write(dir.path()).unwrap();
@@ -481,6 +621,10 @@ mod tests {
         let text = std::fs::read_to_string(&md).unwrap();
         assert_eq!(text.matches("<!-- bench:scenario boot -->").count(), 1);
         assert!(text.contains("| driver | 2 |"));
+        assert!(
+            text.contains("| boot | p50 | 110 ms | 100 ms: by-hand | 1.10x |"),
+            "{text}"
+        );
         assert!(text.contains("**pass**") || text.contains("(inconclusive"));
         assert!(
             !dir.path()

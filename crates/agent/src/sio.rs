@@ -90,7 +90,8 @@ impl SioClient {
         let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| SioError::Refused("the host key is not a valid header value".into()))?;
         req.headers_mut().insert("authorization", bearer);
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        // Nagle off: console bytes and acks are small writes that must go out at once.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
         let (mut sink, mut stream) = ws.split();
 
         // Engine.IO open packet.

@@ -193,6 +193,13 @@ pub async fn serve(
     };
     // The peer's address keys the rate limit of requests without a token.
     let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Nagle off on every accepted connection: a console keystroke, an ack or a WebSocket
+    // message is one small write that must not wait for the peer's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
