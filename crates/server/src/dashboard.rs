@@ -197,7 +197,13 @@ mod tests {
             assert!(is_file(&Method::GET, a.path), "{}", a.path);
             assert!(!is_file(&Method::POST, a.path), "{}", a.path);
         }
-        for p in ["/vms/web", "/vm/list", "/nodes", "/assets/missing.js", "/metrics"] {
+        for p in [
+            "/vms/web",
+            "/vm/list",
+            "/nodes",
+            "/assets/missing.js",
+            "/metrics",
+        ] {
             assert!(!is_file(&Method::GET, p), "{p}");
         }
     }

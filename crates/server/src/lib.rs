@@ -58,6 +58,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::HttpMetrics>,
     /// The WebSocket API's limits.
     pub ws: ws::WsConfig,
+    /// The latest metrics of each watched VM, shared by its monitors.
+    pub(crate) ws_metrics: Arc<ws::MetricsCache>,
     sio_layer: Option<socketioxide::layer::SocketIoLayer>,
 }
 
@@ -83,6 +85,7 @@ impl AppState {
             limiter: Arc::new(ratelimit::RateLimiter::new(ratelimit::RateLimits::default())),
             metrics: Arc::default(),
             ws: ws::WsConfig::default(),
+            ws_metrics: Arc::default(),
             sio_layer: None,
         }
     }

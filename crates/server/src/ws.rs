@@ -12,6 +12,7 @@
 //! before the socket closes. A malformed or oversized frame is answered with an `error` and the
 //! connection stays. The server pings every 30 s and closes a client silent for 60 s.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -25,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use vmfleet_auth::{Permission, Role, Subject, VerifiedToken};
-use vmfleet_core::{RequestId, Timestamp, VmName, VmOp, VmState, WalletAddress};
+use vmfleet_core::{RequestId, Timestamp, VmId, VmName, VmOp, VmState, WalletAddress};
 use vmfleet_store::{VmRecord, WorkloadKind};
 use vmfleet_wire::fleet::{VmCommand, VmOperation};
 use vmfleet_wire::ws::{
@@ -423,7 +424,52 @@ async fn monitor_session(socket: WebSocket, state: AppState, session: Session, e
     let _ = writer.await;
 }
 
+/// How long one reading of a VM's metrics serves every monitor of it.
+const METRICS_FRESH: Duration = Duration::from_millis(500);
+/// Readings older than this are dropped when the next one is stored.
+const METRICS_KEPT: Duration = Duration::from_secs(60);
+
+/// The latest metrics reading of each watched VM, shared by its monitors: a thousand monitors
+/// of one VM ask its node once per [`METRICS_FRESH`], not a thousand times. One reading at a
+/// time per VM (the others wait for it).
+#[derive(Default)]
+pub(crate) struct MetricsCache {
+    slots: std::sync::Mutex<std::collections::HashMap<VmId, Arc<MetricsSlot>>>,
+}
+
+type MetricsSlot = tokio::sync::Mutex<Option<(Instant, Option<WsBody>)>>;
+
+impl MetricsCache {
+    fn slot(&self, vm: &VmId) -> Arc<MetricsSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(vm) {
+            return s.clone();
+        }
+        // Forget VMs nobody asked about for a while (deleted, unwatched).
+        slots.retain(|_, s| {
+            s.try_lock().map_or(true, |g| {
+                g.as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() < METRICS_KEPT)
+            })
+        });
+        slots.entry(vm.clone()).or_default().clone()
+    }
+}
+
 async fn read_metrics(state: &AppState, vm: &VmRecord) -> Option<WsBody> {
+    let slot = state.ws_metrics.slot(&vm.id);
+    let mut latest = slot.lock().await;
+    if let Some((at, m)) = latest.as_ref()
+        && at.elapsed() < METRICS_FRESH
+    {
+        return m.clone();
+    }
+    let m = ask_metrics(state, vm).await;
+    *latest = Some((Instant::now(), m.clone()));
+    m
+}
+
+async fn ask_metrics(state: &AppState, vm: &VmRecord) -> Option<WsBody> {
     let node = vm.node.as_ref()?;
     let cmd = VmCommand {
         request_id: RequestId::generate(),
