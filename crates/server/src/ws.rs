@@ -45,6 +45,9 @@ use crate::vms::{Begun, begin_operation, fleet};
 pub const SUBPROTOCOL: &str = "vmfleet.v1";
 /// The largest frame a client may send.
 const MAX_FRAME: usize = 64 * 1024;
+/// Each connection's read and write buffers (tungstenite's default is 128 KiB each, most of a
+/// monitor's memory; frames larger than this still pass, the buffer grows for them).
+const SOCKET_BUFFER: usize = 8 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENT_FOR: Duration = Duration::from_secs(60);
 /// Frames queued for one client before metrics are dropped for it (the newest win).
@@ -221,6 +224,8 @@ async fn upgrade(
     };
     let every = Duration::from_secs(query.metrics_interval.unwrap_or(5).clamp(1, 3600));
     ws.max_message_size(MAX_FRAME * 4)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .on_upgrade(move |socket| async move {
             match (opened, kind) {
                 (Ok(session), Kind::Monitor) => {
