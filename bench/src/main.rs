@@ -1,11 +1,12 @@
 //! `vmfleet-bench`: runs a benchmark scenario, prints its Markdown report and writes its
 //! results under `bench/results`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use vmfleet_bench::machine::Machine;
 use vmfleet_bench::report::machine_markdown;
 use vmfleet_bench::{BenchError, Context, Result, boot, fleet};
 
@@ -320,16 +321,7 @@ async fn run(cli: Cli) -> Result<()> {
                 rate_duration: Duration::from_secs(if args.quick { 2 } else { args.rate_secs }),
             };
             let out = args.out.unwrap_or_else(default_out);
-            let progress = |line: &str| eprintln!("{line}");
-            let result = tokio::select! {
-                r = vmfleet_bench::api::run(opts, progress) => r?,
-                e = interrupted() => return Err(e),
-            };
-            let (json, md) = result.write(&out)?;
-            println!("{}", machine_markdown(&result.machine));
-            println!("{}", result.markdown());
-            eprintln!("wrote {} and {}", json.display(), md.display());
-            Ok(())
+            run_one(&out, vmfleet_bench::api::run(opts, progress)).await
         }
         Command::Console(args) => {
             let opts = vmfleet_bench::console::ConsoleOptions {
@@ -339,16 +331,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let out = args.out.unwrap_or_else(default_out);
-            let progress = |line: &str| eprintln!("{line}");
-            let result = tokio::select! {
-                r = vmfleet_bench::console::run(opts, progress) => r?,
-                e = interrupted() => return Err(e),
-            };
-            let (json, md) = result.write(&out)?;
-            println!("{}", machine_markdown(&result.machine));
-            println!("{}", result.markdown());
-            eprintln!("wrote {} and {}", json.display(), md.display());
-            Ok(())
+            run_one(&out, vmfleet_bench::console::run(opts, progress)).await
         }
         Command::BootApi(args) => {
             let opts = vmfleet_bench::boot_api::BootApiOptions {
@@ -358,16 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
                 server_bin: args.server_bin,
             };
             let out = args.out.unwrap_or_else(default_out);
-            let progress = |line: &str| eprintln!("{line}");
-            let result = tokio::select! {
-                r = vmfleet_bench::boot_api::run(opts, progress) => r?,
-                e = interrupted() => return Err(e),
-            };
-            let (json, md) = result.write(&out)?;
-            println!("{}", machine_markdown(&result.machine));
-            println!("{}", result.markdown());
-            eprintln!("wrote {} and {}", json.display(), md.display());
-            Ok(())
+            run_one(&out, vmfleet_bench::boot_api::run(opts, progress)).await
         }
         Command::Fanout(args) => {
             let opts = vmfleet_bench::fanout::FanoutOptions {
@@ -377,16 +351,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let out = args.out.unwrap_or_else(default_out);
-            let progress = |line: &str| eprintln!("{line}");
-            let result = tokio::select! {
-                r = vmfleet_bench::fanout::run(opts, progress) => r?,
-                e = interrupted() => return Err(e),
-            };
-            let (json, md) = result.write(&out)?;
-            println!("{}", machine_markdown(&result.machine));
-            println!("{}", result.markdown());
-            eprintln!("wrote {} and {}", json.display(), md.display());
-            Ok(())
+            run_one(&out, vmfleet_bench::fanout::run(opts, progress)).await
         }
         Command::All(args) => {
             if let Some(path) = &args.rewrite {
@@ -444,20 +409,61 @@ async fn run(cli: Cli) -> Result<()> {
                 ..boot::BootOptions::default()
             };
             let out = args.out.unwrap_or_else(default_out);
-            let progress = |line: &str| eprintln!("{line}");
-            // Interrupted, the scenario's future is dropped: its clean-up kills every QEMU
-            // it started and removes its files.
-            let result = tokio::select! {
-                r = boot::run(opts, progress) => r?,
-                e = interrupted() => return Err(e),
-            };
-            let (json, md) = result.write(&out)?;
-            println!("{}", machine_markdown(&result.machine));
-            println!("{}", result.markdown());
-            eprintln!("wrote {} and {}", json.display(), md.display());
-            Ok(())
+            run_one(&out, boot::run(opts, progress)).await
         }
     }
+}
+
+/// Prints each scenario's progress on stderr.
+fn progress(line: &str) {
+    eprintln!("{line}");
+}
+
+/// A scenario's result: its JSON and the day's report, written; the report, printed.
+trait Written {
+    fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)>;
+    fn markdown(&self) -> String;
+    fn machine(&self) -> &Machine;
+}
+
+macro_rules! written {
+    ($($t:ty),*) => {$(
+        impl Written for $t {
+            fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)> {
+                <$t>::write(self, out)
+            }
+            fn markdown(&self) -> String {
+                <$t>::markdown(self)
+            }
+            fn machine(&self) -> &Machine {
+                &self.machine
+            }
+        }
+    )*};
+}
+
+written!(
+    vmfleet_bench::api::ApiResult,
+    vmfleet_bench::fanout::FanoutResult,
+    vmfleet_bench::report::ScenarioResult
+);
+
+/// Runs one scenario to its end, then writes and prints its report. Interrupted (Ctrl-C,
+/// SIGTERM), the scenario's future is dropped: its clean-up kills every process it started
+/// and removes its files.
+async fn run_one<R: Written>(
+    out: &Path,
+    scenario: impl std::future::Future<Output = Result<R>>,
+) -> Result<()> {
+    let result = tokio::select! {
+        r = scenario => r?,
+        e = interrupted() => return Err(e),
+    };
+    let (json, md) = result.write(out)?;
+    println!("{}", machine_markdown(result.machine()));
+    println!("{}", result.markdown());
+    eprintln!("wrote {} and {}", json.display(), md.display());
+    Ok(())
 }
 
 /// `bench/results` of the source tree this binary was built from.
