@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vmfleet_auth::siwe::testing::TestWallet;
-use vmfleet_cli::{ControlPlane, PlaneOptions};
 use vmfleet_tests::KillOnDrop;
 
 struct Api {
@@ -125,47 +124,13 @@ fn run_curl(cmd: &str, base: &str, token: &str, build_id: &str) -> Value {
 async fn the_vm_api_drives_real_guests() {
     let dir = tempfile::tempdir().unwrap();
     let _guests = KillOnDrop(dir.path().to_owned());
-    let plane = ControlPlane::start(PlaneOptions {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_ttl: Duration::from_secs(3600),
-        database: None,
-        domains: Vec::new(),
-        scheduler: Default::default(),
-        // Seed 002's limits: the wallets below stay within 100 requests a minute.
-        rate_limits: Default::default(),
-        ws: Default::default(),
-    })
-    .await
-    .unwrap();
-    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let base = format!("http://{}", plane.addr());
+    // Seed 002's limits: the wallets below stay within 100 requests a minute. The local node
+    // is online with its capacity when this returns.
+    let (plane, agent, base, admin) = vmfleet_tests::plane_with_local_node(dir.path()).await;
     let api = Api {
         base: base.clone(),
         http: reqwest::Client::new(),
     };
-    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path())
-        .unwrap()
-        .trim()
-        .to_owned();
-    // The local node comes online with its capacity.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let nodes = vmfleet_tests::list_nodes(&base, &admin).await;
-        if nodes
-            .iter()
-            .any(|n| n.status == vmfleet_wire::api::NodeState::Online && n.capacity.vcpus > 0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the local node never came online: {nodes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // Seed 002's curl examples, as written: create, boot, info (an admin acts for the
     // document's owner).
