@@ -728,11 +728,11 @@ async fn console_session(
     // told and gets the scrollback anew. Nobody else waits for it.
     let mut behind = false;
     let mut catch_up = tokio::time::interval(Duration::from_millis(100));
-    // Far enough to mean never, near enough not to overflow.
+    // Far enough to mean never, within what a tokio timer holds (about 2 years).
     let idle_for = state
         .ws
         .console_idle
-        .unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+        .unwrap_or(Duration::from_secs(365 * 86_400));
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
     let typed = |bytes: Vec<u8>, idle: std::pin::Pin<&mut tokio::time::Sleep>| {
