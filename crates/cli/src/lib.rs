@@ -137,7 +137,7 @@ pub struct PlaneArgs {
     #[arg(long, default_value_t = 60)]
     pub rate_limit_anonymous: u32,
     /// Close a WebSocket console when nothing was typed on it for this long (`30m`, `2h`);
-    /// `never` keeps it open while its client answers pings.
+    /// `never` keeps it open (a year at most) while its client answers pings.
     #[arg(long, default_value = "30m", value_parser = duration::parse_or_never)]
     pub console_idle_timeout: duration::Limit,
     /// Messages a second each WebSocket client may send (twice that at once); the excess is
