@@ -20,16 +20,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vmfleet_auth::siwe::testing::{TestWallet, message};
+use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_core::{Timestamp, VmId, WalletAddress};
 use vmfleet_store::{NewVm, Resources, Store, WorkloadKind};
 
 use crate::fleet::{Server, git_commit, server_binary};
 use crate::machine::Machine;
 use crate::rate::{self, RateRun};
-use crate::report::{
-    Figure, figures_markdown, machine_markdown, upsert_section, with_title, write_atomic,
-};
+use crate::report::{Figure, figures_markdown, write_scenario};
 use crate::{BenchError, Context, Result};
 
 pub const SCENARIO: &str = "api";
@@ -139,32 +137,10 @@ async fn sign_in(base: &str, domain: &str, n: usize) -> Result<Vec<Signed>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let w = wallet(i)?;
-        let nonce: serde_json::Value = http
-            .get(format!("{base}/auth/nonce"))
-            .send()
-            .await
-            .context("GET /auth/nonce")?
-            .json()
-            .await
-            .context("the nonce")?;
-        let nonce = nonce["nonce"].as_str().context("a nonce")?;
-        let text = message(domain, &w.address(), nonce, Timestamp::now().as_str());
-        let sig = w.sign(&text).context("signing")?;
-        let r: serde_json::Value = http
-            .post(format!("{base}/auth/login"))
-            .json(&json!({"message": text, "signature": sig}))
-            .send()
-            .await
-            .context("POST /auth/login")?
-            .json()
-            .await
-            .context("the login answer")?;
-        let token = r["token"]
-            .as_str()
-            .context(format!("a token from the login of wallet {i}: {r}"))?;
+        let token = crate::plane::sign_in(&http, base, domain, &w).await?;
         out.push(Signed {
             address: w.address(),
-            token: token.to_owned(),
+            token,
         });
     }
     Ok(out)
@@ -593,19 +569,8 @@ impl ApiResult {
 
     /// Writes `<date>-<host>-api.json` and the scenario's section of `<date>-<host>.md`.
     pub fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(out).context(format!("creating {}", out.display()))?;
         let stem = format!("{}-{}", self.date, self.machine.file_host());
-        let json_path = out.join(format!("{stem}-{SCENARIO}.json"));
-        let mut text = serde_json::to_string_pretty(self).context("encoding the results")?;
-        text.push('\n');
-        write_atomic(&json_path, &text)?;
-        let md_path = out.join(format!("{stem}.md"));
-        let doc = std::fs::read_to_string(&md_path).unwrap_or_default();
-        let doc = upsert_section(&doc, "machine", &machine_markdown(&self.machine));
-        let doc = upsert_section(&doc, &format!("scenario {SCENARIO}"), &self.markdown());
-        let doc = with_title(&doc, &format!("# vmfleet benchmarks: {stem}"));
-        write_atomic(&md_path, &doc)?;
-        Ok((json_path, md_path))
+        write_scenario(out, &stem, SCENARIO, &self.machine, self, &self.markdown())
     }
 }
 

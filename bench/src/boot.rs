@@ -343,43 +343,7 @@ impl Bench {
         copy_root_disk(&self.rootfs, &spec.root_disk, self.opts.resources.disk_size)?;
         let disk = t0.elapsed();
         let args = self.backend.command_line(&spec, dir, &Launch::Boot);
-        let log_path = dir.join("qemu.log");
-        let log = std::fs::File::create(&log_path).context("creating qemu.log")?;
-        let c = child.insert(
-            tokio::process::Command::new(&self.qemu)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-                .context(format!("spawning {}", self.qemu.display()))?,
-        );
-        let spawned = t0.elapsed();
-        let sock = dir.join("console.sock");
-        let stream = loop {
-            match UnixStream::connect(&sock).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    if let Ok(Some(st)) = c.try_wait() {
-                        return Err(BenchError::new(format!(
-                            "QEMU exited ({st}) before its console opened: {}",
-                            std::fs::read_to_string(&log_path)
-                                .unwrap_or_default()
-                                .trim()
-                        )));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(BenchError::new(format!(
-                            "QEMU's console socket did not open in {:?}: {e}",
-                            self.opts.timeout
-                        )));
-                    }
-                    tokio::time::sleep(CONNECT_POLL).await;
-                }
-            }
-        };
+        let (spawned, stream) = spawn_qemu(&self.qemu, &args, dir, child, t0, deadline).await?;
         let connected = t0.elapsed();
         let arrival = tokio::spawn(read_console(stream, deadline))
             .await
@@ -702,4 +666,54 @@ fn cmdline(pid: u32) -> Vec<String> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
+}
+
+/// Starts QEMU with `args` in `child` (stderr to `DIR/qemu.log`, its own process group,
+/// killed on drop) and connects to its console socket `DIR/console.sock`: when it was spawned
+/// (since `t0`), and the console. QEMU exiting first, or `deadline`, is an error.
+pub(crate) async fn spawn_qemu(
+    qemu: &Path,
+    args: &[String],
+    dir: &Path,
+    child: &mut Option<tokio::process::Child>,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<(Duration, UnixStream)> {
+    let log_path = dir.join("qemu.log");
+    let log = std::fs::File::create(&log_path).context("creating qemu.log")?;
+    let c = child.insert(
+        tokio::process::Command::new(qemu)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .context(format!("spawning {}", qemu.display()))?,
+    );
+    let spawned = t0.elapsed();
+    let sock = dir.join("console.sock");
+    loop {
+        match UnixStream::connect(&sock).await {
+            Ok(s) => return Ok((spawned, s)),
+            Err(e) => {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return Err(BenchError::new(format!(
+                        "QEMU exited ({st}) before its console opened: {}",
+                        std::fs::read_to_string(&log_path)
+                            .unwrap_or_default()
+                            .trim()
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(BenchError::new(format!(
+                        "QEMU's console socket did not open in {:?}: {e}",
+                        deadline.saturating_duration_since(t0)
+                    )));
+                }
+                tokio::time::sleep(CONNECT_POLL).await;
+            }
+        }
+    }
 }

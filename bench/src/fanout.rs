@@ -19,9 +19,7 @@ use crate::guest::{READY_MARKER, Sweeper};
 use crate::machine::Machine;
 use crate::plane::{Plane, console_text};
 use crate::procfs::{ProcSample, raise_nofile};
-use crate::report::{
-    Figure, figures_markdown, machine_markdown, num, upsert_section, with_title, write_atomic,
-};
+use crate::report::{Figure, figures_markdown, num, write_scenario};
 use crate::{BenchError, Context, Result};
 
 pub const SCENARIO: &str = "fanout";
@@ -445,19 +443,8 @@ fn summarise(
 impl FanoutResult {
     /// Writes `<date>-<host>-fanout.json` and the scenario's section of `<date>-<host>.md`.
     pub fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(out).context(format!("creating {}", out.display()))?;
         let stem = format!("{}-{}", self.date, self.machine.file_host());
-        let json_path = out.join(format!("{stem}-{SCENARIO}.json"));
-        let mut text = serde_json::to_string_pretty(self).context("encoding the results")?;
-        text.push('\n');
-        write_atomic(&json_path, &text)?;
-        let md_path = out.join(format!("{stem}.md"));
-        let doc = std::fs::read_to_string(&md_path).unwrap_or_default();
-        let doc = upsert_section(&doc, "machine", &machine_markdown(&self.machine));
-        let doc = upsert_section(&doc, &format!("scenario {SCENARIO}"), &self.markdown());
-        let doc = with_title(&doc, &format!("# vmfleet benchmarks: {stem}"));
-        write_atomic(&md_path, &doc)?;
-        Ok((json_path, md_path))
+        write_scenario(out, &stem, SCENARIO, &self.machine, self, &self.markdown())
     }
 
     pub fn markdown(&self) -> String {

@@ -413,7 +413,6 @@ pub async fn launch_by_hand(
     deadline: Instant,
     spawned_child: &mut Option<tokio::process::Child>,
 ) -> Result<HandGuest> {
-    use std::process::Stdio;
     std::fs::create_dir_all(dir).context(format!("creating {}", dir.display()))?;
     let disk_path = dir.join("root.disk");
     std::fs::copy(&recipe.rootfs, &disk_path)
@@ -429,42 +428,15 @@ pub async fn launch_by_hand(
     drop(f);
     let disk = t0.elapsed();
     let args = recipe.args_for(dir, name);
-    let log_path = dir.join("qemu.log");
-    let log = std::fs::File::create(&log_path).context("creating qemu.log")?;
-    let c = spawned_child.insert(
-        tokio::process::Command::new(&recipe.qemu)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .context(format!("spawning {}", recipe.qemu))?,
-    );
-    let spawned = t0.elapsed();
-    let sock = dir.join("console.sock");
-    let console = loop {
-        match tokio::net::UnixStream::connect(&sock).await {
-            Ok(s) => break s,
-            Err(e) => {
-                if let Ok(Some(st)) = c.try_wait() {
-                    return Err(BenchError::new(format!(
-                        "QEMU exited ({st}) before its console opened: {}",
-                        std::fs::read_to_string(&log_path)
-                            .unwrap_or_default()
-                            .trim()
-                    )));
-                }
-                if Instant::now() >= deadline {
-                    return Err(BenchError::new(format!(
-                        "QEMU's console socket did not open in time: {e}"
-                    )));
-                }
-                tokio::time::sleep(crate::boot::CONNECT_POLL).await;
-            }
-        }
-    };
+    let (spawned, console) = crate::boot::spawn_qemu(
+        Path::new(&recipe.qemu),
+        &args,
+        dir,
+        spawned_child,
+        t0,
+        deadline,
+    )
+    .await?;
     let connected = t0.elapsed();
     let child = spawned_child
         .take()

@@ -419,22 +419,14 @@ impl ScenarioResult {
     /// Writes the JSON file and this scenario's section of the Markdown report under `out`;
     /// returns both paths.
     pub fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(out).context(format!("creating {}", out.display()))?;
-        let json_path = out.join(format!("{}-{}.json", self.stem(), self.scenario));
-        let mut json = serde_json::to_string_pretty(self).context("encoding the results")?;
-        json.push('\n');
-        write_atomic(&json_path, &json)?;
-        let md_path = out.join(format!("{}.md", self.stem()));
-        let doc = std::fs::read_to_string(&md_path).unwrap_or_default();
-        let doc = upsert_section(&doc, "machine", &machine_markdown(&self.machine));
-        let doc = upsert_section(
-            &doc,
-            &format!("scenario {}", self.scenario),
+        write_scenario(
+            out,
+            &self.stem(),
+            &self.scenario,
+            &self.machine,
+            self,
             &self.markdown(),
-        );
-        let doc = with_title(&doc, &format!("# vmfleet benchmarks: {}", self.stem()));
-        write_atomic(&md_path, &doc)?;
-        Ok((json_path, md_path))
+        )
     }
 }
 
@@ -489,6 +481,31 @@ pub(crate) fn with_title(doc: &str, title: &str) -> String {
 }
 
 /// Writes through a `.tmp` file and a rename, so a reader never sees half a report.
+/// Writes one scenario's `results` as `OUT/<stem>-<scenario>.json` and `markdown` as its
+/// section of the day's report `OUT/<stem>.md` (with the machine's section and the title);
+/// `stem` is `<date>-<host>`. Both paths.
+pub(crate) fn write_scenario(
+    out: &Path,
+    stem: &str,
+    scenario: &str,
+    machine: &Machine,
+    results: &impl serde::Serialize,
+    markdown: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out).context(format!("creating {}", out.display()))?;
+    let json_path = out.join(format!("{stem}-{scenario}.json"));
+    let mut json = serde_json::to_string_pretty(results).context("encoding the results")?;
+    json.push('\n');
+    write_atomic(&json_path, &json)?;
+    let md_path = out.join(format!("{stem}.md"));
+    let doc = std::fs::read_to_string(&md_path).unwrap_or_default();
+    let doc = upsert_section(&doc, "machine", &machine_markdown(machine));
+    let doc = upsert_section(&doc, &format!("scenario {scenario}"), markdown);
+    let doc = with_title(&doc, &format!("# vmfleet benchmarks: {stem}"));
+    write_atomic(&md_path, &doc)?;
+    Ok((json_path, md_path))
+}
+
 pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
