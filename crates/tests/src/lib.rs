@@ -440,26 +440,12 @@ pub async fn plane_with_local_node_ws(
     String,
     String,
 ) {
-    let plane = vmfleet_cli::ControlPlane::start(vmfleet_cli::PlaneOptions {
-        data_dir: dir.join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_ttl: Duration::from_secs(3600),
-        database: None,
-        domains: Vec::new(),
-        scheduler: Default::default(),
-        rate_limits: Default::default(),
-        ws,
-    })
-    .await
-    .unwrap();
+    let plane = plane_with(dir, Default::default(), ws).await;
     let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let base = format!("http://{}", plane.addr());
-    let admin = std::fs::read_to_string(plane.data_dir().admin_token_path())
-        .unwrap()
-        .trim()
-        .to_owned();
+    let admin = admin_token(&plane);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !list_nodes(&base, &admin)
         .await
@@ -473,4 +459,39 @@ pub async fn plane_with_local_node_ws(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     (plane, agent, base, admin)
+}
+
+/// A control plane on loopback, without an agent, its data in `dir/data`, with `rate_limits`.
+pub async fn plane(
+    dir: &Path,
+    rate_limits: vmfleet_server::ratelimit::RateLimits,
+) -> vmfleet_cli::ControlPlane {
+    plane_with(dir, rate_limits, Default::default()).await
+}
+
+async fn plane_with(
+    dir: &Path,
+    rate_limits: vmfleet_server::ratelimit::RateLimits,
+    ws: vmfleet_server::ws::WsConfig,
+) -> vmfleet_cli::ControlPlane {
+    vmfleet_cli::ControlPlane::start(vmfleet_cli::PlaneOptions {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_ttl: Duration::from_secs(3600),
+        database: None,
+        domains: Vec::new(),
+        scheduler: Default::default(),
+        rate_limits,
+        ws,
+    })
+    .await
+    .unwrap()
+}
+
+/// The admin token the control plane wrote into its data dir.
+pub fn admin_token(plane: &vmfleet_cli::ControlPlane) -> String {
+    std::fs::read_to_string(plane.data_dir().admin_token_path())
+        .unwrap()
+        .trim()
+        .to_owned()
 }

@@ -6,13 +6,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use vmfleet_auth::siwe::testing::{TestWallet, message};
 use vmfleet_auth::{Permission, SecretHash, generate_secret};
-use vmfleet_cli::{ControlPlane, PlaneOptions};
+use vmfleet_cli::ControlPlane;
 use vmfleet_core::Timestamp;
 use vmfleet_server::ratelimit::RateLimits;
 
@@ -26,18 +25,7 @@ struct Plane {
 impl Plane {
     async fn start(rate_limits: RateLimits) -> Plane {
         let dir = tempfile::tempdir().unwrap();
-        let plane = ControlPlane::start(PlaneOptions {
-            data_dir: dir.path().join("data"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            token_ttl: Duration::from_secs(3600),
-            database: None,
-            domains: Vec::new(),
-            scheduler: Default::default(),
-            rate_limits,
-            ws: Default::default(),
-        })
-        .await
-        .unwrap();
+        let plane = vmfleet_tests::plane(dir.path(), rate_limits).await;
         Plane {
             base: format!("http://{}", plane.addr()),
             plane,
@@ -64,10 +52,7 @@ impl Plane {
     }
 
     fn admin(&self) -> String {
-        std::fs::read_to_string(self.plane.data_dir().admin_token_path())
-            .unwrap()
-            .trim()
-            .to_owned()
+        vmfleet_tests::admin_token(&self.plane)
     }
 
     async fn send(

@@ -13,18 +13,7 @@ use vmfleet_core::Timestamp;
 use vmfleet_wire::api::{ApiErrorCode, ErrorBody, Health};
 
 async fn start(dir: &std::path::Path) -> ControlPlane {
-    ControlPlane::start(PlaneOptions {
-        data_dir: dir.join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_ttl: Duration::from_secs(3600),
-        database: None,
-        domains: Vec::new(),
-        scheduler: Default::default(),
-        rate_limits: Default::default(),
-        ws: Default::default(),
-    })
-    .await
-    .unwrap()
+    vmfleet_tests::plane(dir, Default::default()).await
 }
 
 #[tokio::test]

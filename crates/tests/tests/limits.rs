@@ -5,11 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use reqwest::{Method, Response};
 use vmfleet_auth::{Permission, Role, Subject};
-use vmfleet_cli::{ControlPlane, PlaneOptions};
+use vmfleet_cli::ControlPlane;
 use vmfleet_core::{Timestamp, WalletAddress};
 use vmfleet_server::ratelimit::RateLimits;
 use vmfleet_wire::api::{ApiErrorCode, ErrorBody};
@@ -24,18 +23,7 @@ struct Plane {
 impl Plane {
     async fn start(limits: RateLimits) -> Plane {
         let dir = tempfile::tempdir().unwrap();
-        let plane = ControlPlane::start(PlaneOptions {
-            data_dir: dir.path().join("data"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            token_ttl: Duration::from_secs(3600),
-            database: None,
-            domains: Vec::new(),
-            scheduler: Default::default(),
-            rate_limits: limits,
-            ws: Default::default(),
-        })
-        .await
-        .unwrap();
+        let plane = vmfleet_tests::plane(dir.path(), limits).await;
         Plane {
             base: format!("http://{}", plane.addr()),
             plane,
@@ -60,10 +48,7 @@ impl Plane {
     }
 
     fn admin(&self) -> String {
-        std::fs::read_to_string(self.plane.data_dir().admin_token_path())
-            .unwrap()
-            .trim()
-            .to_owned()
+        vmfleet_tests::admin_token(&self.plane)
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> Response {
