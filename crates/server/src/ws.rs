@@ -424,9 +424,7 @@ async fn monitor_session(socket: WebSocket, state: AppState, session: Session, e
             }
         }
     }
-    let _ = out.send(Message::Close(None)).await;
-    drop(out);
-    let _ = writer.await;
+    finish(out, writer).await;
 }
 
 /// How long one reading of a VM's metrics serves every monitor of it.
@@ -675,6 +673,11 @@ impl ConsoleFrames {
 /// Sends what has no other path: a closed writer means the client is gone.
 async fn close_with(out: mpsc::Sender<Message>, writer: tokio::task::JoinHandle<()>, m: Message) {
     let _ = out.send(m).await;
+    finish(out, writer).await;
+}
+
+/// Closes the socket after what is queued, and waits for the writer to send it all.
+async fn finish(out: mpsc::Sender<Message>, writer: tokio::task::JoinHandle<()>) {
     let _ = out.send(Message::Close(None)).await;
     drop(out);
     let _ = writer.await;
@@ -836,9 +839,7 @@ async fn console_session(
             }
         }
     }
-    let _ = out.send(Message::Close(None)).await;
-    drop(out);
-    let _ = writer.await;
+    finish(out, writer).await;
 }
 
 #[cfg(test)]
