@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use vmfleet_wire::sio::{self, Packet, PacketKind, eio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SioError {
@@ -101,25 +102,19 @@ impl SioClient {
         }
         // Socket.IO connect to the namespace, with the key as auth payload.
         let auth = serde_json::json!({ "token": token });
-        sink.send(Message::text(format!("40{ns},{auth}"))).await?;
+        sink.send(Message::text(sio::connect_frame(ns, &auth)))
+            .await?;
         loop {
             let frame = next_text(&mut stream).await?;
             if frame == "2" {
                 sink.send(Message::text("3")).await?;
                 continue;
             }
-            let Some(pkt) = frame.strip_prefix('4') else {
-                return Err(SioError::Protocol(frame));
-            };
-            let (kind, body) = split_ns(pkt, ns);
-            match kind {
-                '0' => break,
-                '4' => {
-                    let msg = serde_json::from_str::<Value>(body)
-                        .ok()
-                        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-                        .unwrap_or_else(|| body.to_owned());
-                    return Err(SioError::Refused(msg));
+            let packet = frame.strip_prefix(eio::MESSAGE).and_then(Packet::parse);
+            match packet {
+                Some(p) if p.kind == PacketKind::Connect => break,
+                Some(p) if p.kind == PacketKind::ConnectError => {
+                    return Err(SioError::Refused(p.error_message()));
                 }
                 _ => return Err(SioError::Protocol(frame)),
             }
@@ -159,22 +154,27 @@ impl SioClient {
                     }
                     Some(b'1') => break "the server closed the connection".into(),
                     Some(b'4') => {
-                        let (kind, body) = split_ns(&frame[1..], &ns_owned);
-                        match kind {
-                            '2' => {
-                                if let Some((id, name, payload)) = parse_event(body) {
+                        let Some(p) = Packet::parse(&frame[1..]) else {
+                            continue;
+                        };
+                        if p.nsp != ns_owned {
+                            continue;
+                        }
+                        match p.kind {
+                            PacketKind::Event => {
+                                if let Some((name, payload)) = p.event() {
                                     let ev = Incoming::Event {
                                         name,
                                         payload,
-                                        ack: id,
+                                        ack: p.id,
                                     };
                                     if in_tx.send(ev).await.is_err() {
                                         break "the client was dropped".into();
                                     }
                                 }
                             }
-                            '3' => {
-                                if let Some((id, args)) = parse_ack(body) {
+                            PacketKind::Ack => {
+                                if let (Some(id), Some(args)) = (p.id, p.ack_reply()) {
                                     let waiter =
                                         acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                                     if let Some(tx) = waiter {
@@ -182,7 +182,9 @@ impl SioClient {
                                     }
                                 }
                             }
-                            '1' => break "the server disconnected the namespace".into(),
+                            PacketKind::Disconnect => {
+                                break "the server disconnected the namespace".into();
+                            }
                             _ => {}
                         }
                     }
@@ -205,8 +207,8 @@ impl SioClient {
 
     /// Emits an event without waiting for an acknowledgement.
     pub async fn emit(&self, name: &str, payload: &Value) -> Result<(), SioError> {
-        let args = serde_json::json!([name, payload]);
-        self.send(format!("42{},{args}", self.ns)).await
+        self.send(sio::event_frame(&self.ns, None, name, payload))
+            .await
     }
 
     /// Emits an event and waits for the server's acknowledgement (its first argument).
@@ -222,8 +224,8 @@ impl SioClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
-        let args = serde_json::json!([name, payload]);
-        self.send(format!("42{},{id}{args}", self.ns)).await?;
+        self.send(sio::event_frame(&self.ns, Some(id), name, payload))
+            .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(SioError::Closed),
@@ -239,13 +241,13 @@ impl SioClient {
 
     /// Acknowledges the server's event `id` with `reply`.
     pub async fn ack(&self, id: u64, reply: &Value) -> Result<(), SioError> {
-        let args = serde_json::json!([reply]);
-        self.send(format!("43{},{id}{args}", self.ns)).await
+        self.send(sio::ack_frame(&self.ns, id, &reply.to_string()))
+            .await
     }
 
     /// Leaves the namespace and closes the connection.
     pub async fn disconnect(&self) {
-        let _ = self.send(format!("41{},", self.ns)).await;
+        let _ = self.send(sio::disconnect_frame(&self.ns)).await;
         let _ = self.send("1".into()).await;
     }
 }
@@ -264,63 +266,12 @@ where
     }
 }
 
-/// Splits a Socket.IO packet (after the Engine.IO `4`) into its type and what follows the
-/// namespace (`/fleet,` or nothing for the main namespace).
-fn split_ns<'a>(pkt: &'a str, ns: &str) -> (char, &'a str) {
-    let mut chars = pkt.chars();
-    let kind = chars.next().unwrap_or(' ');
-    let rest = chars.as_str();
-    let rest = rest
-        .strip_prefix(ns)
-        .map(|r| r.strip_prefix(',').unwrap_or(r))
-        .unwrap_or(rest);
-    (kind, rest)
-}
-
-/// `<id>["name", payload]` -> (id, name, payload).
-fn parse_event(body: &str) -> Option<(Option<u64>, String, Value)> {
-    let digits = body
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(body.len());
-    let id = body[..digits].parse().ok();
-    let arr: Vec<Value> = serde_json::from_str(&body[digits..]).ok()?;
-    let mut it = arr.into_iter();
-    let name = it.next()?.as_str()?.to_owned();
-    Some((id, name, it.next().unwrap_or(Value::Null)))
-}
-
-/// `<id>[reply, ...]` -> (id, reply).
-fn parse_ack(body: &str) -> Option<(u64, Value)> {
-    let digits = body.find(|c: char| !c.is_ascii_digit())?;
-    let id = body[..digits].parse().ok()?;
-    let arr: Vec<Value> = serde_json::from_str(&body[digits..]).ok()?;
-    Some((id, arr.into_iter().next().unwrap_or(Value::Null)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn packets() {
-        assert_eq!(
-            split_ns("2/fleet,12[\"a\",1]", "/fleet"),
-            ('2', "12[\"a\",1]")
-        );
-        assert_eq!(
-            parse_event("12[\"start_instance\",{\"x\":1}]"),
-            Some((
-                Some(12),
-                "start_instance".into(),
-                serde_json::json!({"x":1})
-            ))
-        );
-        assert_eq!(parse_event("[\"drain_node\"]").map(|e| e.0), Some(None));
-        assert_eq!(
-            parse_ack("7[{\"success\":true}]"),
-            Some((7, serde_json::json!({"success":true})))
-        );
-        assert!(parse_event("garbage").is_none());
+    fn endpoints() {
         assert_eq!(
             endpoint("http://127.0.0.1:8080/").unwrap(),
             "ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket"

@@ -169,10 +169,19 @@ impl AppState {
 /// The whole HTTP surface of the control plane.
 pub fn app(state: AppState) -> Router {
     let layer = state.sio_layer.clone();
+    let fleet = state.fleet.clone();
     let observe = axum::middleware::from_fn_with_state(state.clone(), observe::observe);
     let router = routes::router().with_state(state);
     let router = match layer {
         Some(layer) => router.layer(layer),
+        None => router,
+    };
+    // In front of socketioxide: agents' direct WebSocket connections are served by `fleet`.
+    let router = match fleet {
+        Some(fleet) => router.layer(axum::middleware::from_fn_with_state(
+            fleet,
+            fleet::intercept,
+        )),
         None => router,
     };
     // Outside Socket.IO's layer: its requests get a request id and are counted too.

@@ -9,6 +9,7 @@
 //! | [`api`] | 002, VM REST API (+ CONTRACT's sign-in and nodes) | HTTP |
 //! | [`ws`] | 003/004, real-time VM API | WebSocket `/ws/vms/{name}` |
 //! | [`containers`] | vmfleet's container rentals and usage | HTTP |
+//! | [`sio`] | 001's framing: Socket.IO v4 packets in Engine.IO v4 frames | WebSocket |
 //!
 //! Decoders return [`DecodeError`] and never panic.
 
@@ -19,6 +20,7 @@ mod flag;
 pub mod fleet;
 mod fleet_vm;
 pub mod node;
+pub mod sio;
 pub mod ws;
 
 pub use error::{DecodeError, decode_body};

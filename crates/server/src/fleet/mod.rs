@@ -29,6 +29,10 @@ use tokio::sync::broadcast;
 use vmfleet_core::{NodeId, VmId};
 
 use crate::bucket::Bucket;
+
+mod direct;
+pub(crate) use direct::intercept;
+use direct::{DirectLink, LinkError};
 use vmfleet_wire::fleet::{
     Ack, AgentEvent, BackendCommand, Base64, ConsoleData, ConsoleRef, Heartbeat, InstanceStarted,
     InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, VmCommand, VmCommandReply, VmReport,
@@ -89,16 +93,70 @@ struct Inner {
     heartbeat_period: Duration,
 }
 
+/// A node's connection: through socketioxide (long-polling, or upgraded from it), or a direct
+/// WebSocket served by [`direct`].
+#[derive(Clone)]
+enum Link {
+    Sio(SocketRef),
+    Direct(Arc<DirectLink>),
+}
+
+impl Link {
+    /// Whether both are the same connection.
+    fn is(&self, other: &Link) -> bool {
+        match (self, other) {
+            (Link::Sio(a), Link::Sio(b)) => a.id == b.id,
+            (Link::Direct(a), Link::Direct(b)) => a.id() == b.id(),
+            _ => false,
+        }
+    }
+
+    fn disconnect(&self) {
+        match self {
+            Link::Sio(s) => {
+                let _ = s.clone().disconnect();
+            }
+            Link::Direct(d) => d.disconnect(),
+        }
+    }
+
+    fn emit(&self, name: &str, payload: &Value) {
+        match self {
+            Link::Sio(s) => {
+                let _ = s.emit(name, payload);
+            }
+            Link::Direct(d) => d.emit(name, payload),
+        }
+    }
+
+    async fn emit_with_ack(
+        &self,
+        name: &str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<Value, LinkError> {
+        match self {
+            Link::Sio(s) => s
+                .timeout(timeout)
+                .emit_with_ack::<_, Value>(name, payload)
+                .map_err(|_| LinkError::Closed)?
+                .await
+                .map_err(|_| LinkError::Timeout),
+            Link::Direct(d) => d.emit_with_ack(name, payload, timeout).await,
+        }
+    }
+}
+
 /// A connected node.
 struct Conn {
-    sock: SocketRef,
+    sock: Link,
     /// When it was last heard from.
     seen: Instant,
     heartbeats: Bucket,
 }
 
 impl Conn {
-    fn new(sock: SocketRef, heartbeat_period: Duration) -> Self {
+    fn new(sock: Link, heartbeat_period: Duration) -> Self {
         let per_sec = (2.0 / heartbeat_period.as_secs_f64().max(0.001)).max(1.0);
         Conn {
             sock,
@@ -181,16 +239,14 @@ impl std::fmt::Display for Unauthorized {
 impl std::error::Error for Unauthorized {}
 
 /// The host key from the handshake's `Authorization: Bearer` header or the auth payload.
-fn host_key(s: &SocketRef, auth: &Option<Value>) -> Option<String> {
-    let header = s
-        .req_parts()
-        .headers
+fn bearer(headers: &axum::http::HeaderMap, auth: Option<&Value>) -> Option<String> {
+    let header = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::to_owned);
     header.or_else(|| {
-        auth.as_ref()?
+        auth?
             .get("token")?
             .as_str()
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_owned())
@@ -218,7 +274,8 @@ impl Fleet {
         let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
             let fleet = auth_fleet.clone();
             async move {
-                let key = host_key(&s, &auth.ok()).ok_or(Unauthorized)?;
+                let auth = auth.ok();
+                let key = bearer(&s.req_parts().headers, auth.as_ref()).ok_or(Unauthorized)?;
                 let (node_id, name) = fleet
                     .inner
                     .registry
@@ -251,14 +308,39 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn connected(&self, s: SocketRef, info: NodeInfo) {
+    /// Takes `link` as `info`'s node's connection: online, and told who it is.
+    async fn register(&self, link: Link, info: NodeInfo) {
         let node = info.node_id.clone();
         tracing::info!(%node, name = %info.name, "node connected");
         // A node connects once: a newer connection replaces an older one.
-        let conn = Conn::new(s.clone(), self.inner.heartbeat_period);
+        let conn = Conn::new(link.clone(), self.inner.heartbeat_period);
         if let Some(old) = self.nodes().insert(node.clone(), conn) {
-            let _ = old.sock.disconnect();
+            old.sock.disconnect();
         }
+        self.inner.registry.node_online(&node).await;
+        link.emit(NODE_INFO, &serde_json::to_value(&info).unwrap_or_default());
+    }
+
+    /// `link`, `node`'s connection, is gone: the node is offline unless a newer connection
+    /// replaced it.
+    async fn unregister(&self, link: &Link, node: &NodeId) {
+        let current = {
+            let mut nodes = self.nodes();
+            let is_current = nodes.get(node).is_some_and(|c| c.sock.is(link));
+            if is_current {
+                nodes.remove(node);
+            }
+            is_current
+        };
+        if current {
+            tracing::info!(%node, "node disconnected");
+            self.inner.registry.node_offline(node).await;
+        }
+    }
+
+    /// A node connected through socketioxide.
+    async fn connected(&self, s: SocketRef, info: NodeInfo) {
+        let node = info.node_id.clone();
         // Handlers first: the agent may send as soon as it hears `node_info`.
         // Console bytes are handled in the order they arrive: in the handler's synchronous
         // part, which runs in the socket's receive loop (the futures it returns run as tasks,
@@ -304,23 +386,9 @@ impl Fleet {
         s.on_disconnect(move |s: SocketRef| {
             let fleet = fleet.clone();
             let node = gone.clone();
-            async move {
-                let current = {
-                    let mut nodes = fleet.nodes();
-                    let is_current = nodes.get(&node).is_some_and(|c| c.sock.id == s.id);
-                    if is_current {
-                        nodes.remove(&node);
-                    }
-                    is_current
-                };
-                if current {
-                    tracing::info!(%node, "node disconnected");
-                    fleet.inner.registry.node_offline(&node).await;
-                }
-            }
+            async move { fleet.unregister(&Link::Sio(s), &node).await }
         });
-        self.inner.registry.node_online(&node).await;
-        let _ = s.emit(NODE_INFO, &info);
+        self.register(Link::Sio(s), info).await;
     }
 
     /// Handles one agent event and returns its acknowledgement.
@@ -385,7 +453,7 @@ impl Fleet {
                     inner,
                 };
                 let limit = period * MISSED_HEARTBEATS;
-                let silent: Vec<(NodeId, SocketRef)> = {
+                let silent: Vec<(NodeId, Link)> = {
                     let mut nodes = fleet.nodes();
                     let ids: Vec<NodeId> = nodes
                         .iter()
@@ -398,7 +466,7 @@ impl Fleet {
                 };
                 for (node, sock) in silent {
                     tracing::warn!(%node, "node missed {MISSED_HEARTBEATS} heartbeats; dropping it");
-                    let _ = sock.disconnect();
+                    sock.disconnect();
                     fleet.inner.registry.node_offline(&node).await;
                 }
             }
@@ -407,13 +475,19 @@ impl Fleet {
 
     /// Closes every agent connection (the control plane is shutting down).
     pub async fn close(&self) {
+        let links: Vec<Link> = self.nodes().values().map(|c| c.sock.clone()).collect();
+        for link in links {
+            if let Link::Direct(d) = link {
+                d.disconnect();
+            }
+        }
         self.io.close().await;
     }
 
     /// Disconnects `node`'s agent, if connected (the node was removed).
     pub fn drop_node(&self, node: &NodeId) {
         if let Some(conn) = self.nodes().remove(node) {
-            let _ = conn.sock.disconnect();
+            conn.sock.disconnect();
         }
     }
 
@@ -434,11 +508,12 @@ impl Fleet {
             .get(node)
             .map(|c| c.sock.clone())
             .ok_or_else(|| FleetError::NotConnected(node.clone()))?;
-        let stream = sock
-            .timeout(timeout)
-            .emit_with_ack::<_, Value>(cmd.name(), &cmd.payload())
-            .map_err(|_| FleetError::NotConnected(node.clone()))?;
-        stream.await.map_err(|_| FleetError::NoAck(node.clone()))
+        sock.emit_with_ack(cmd.name(), &cmd.payload(), timeout)
+            .await
+            .map_err(|e| match e {
+                LinkError::Closed => FleetError::NotConnected(node.clone()),
+                LinkError::Timeout => FleetError::NoAck(node.clone()),
+            })
     }
 
     /// Sends a node command and waits for its `{ "success": ... }` acknowledgement.

@@ -1,0 +1,403 @@
+//! `/fleet` over a direct WebSocket: `GET /socket.io/?EIO=4&transport=websocket` without a
+//! `sid`, the way vmfleet's agents (and any Socket.IO client told to use only the WebSocket
+//! transport) connect. One task per connection speaks Engine.IO v4 and Socket.IO v4 itself
+//! (framing in [`vmfleet_wire::sio`]): it reads a frame, handles it and writes the answer, with
+//! no task, channel or JSON value in between for a heartbeat. Long-polling, and upgrades from
+//! it, stay with socketioxide.
+//!
+//! The Engine.IO heartbeat is the server's, as socketioxide's: a ping every 25 s, the
+//! connection closed when the pong is not back within 20 s.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use vmfleet_wire::fleet::{Ack, AgentEvent, NAMESPACE, NodeInfo};
+use vmfleet_wire::sio::{self, Packet, PacketKind, eio};
+
+use super::{Fleet, Link, MAX_MESSAGE_BYTES, bearer};
+
+/// Engine.IO's heartbeat: the server pings this often and waits this long for the pong.
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a client has to connect to the namespace once the WebSocket is open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+/// The socket's read and write buffers: heartbeats and acks are a few hundred bytes.
+const SOCKET_BUFFER: usize = 8 * 1024;
+/// Frames for the connection's task to write (commands, acks of spawned handlers).
+const OUTBOX: usize = 256;
+
+/// Whether `req` opens a WebSocket straight away (no long-polling session to upgrade).
+fn is_direct(req: &Request) -> bool {
+    if req.uri().path() != "/socket.io/" || req.method() != axum::http::Method::GET {
+        return false;
+    }
+    let query = req.uri().query().unwrap_or("");
+    let (mut eio4, mut websocket, mut sid) = (false, false, false);
+    for pair in query.split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("EIO", "4") => eio4 = true,
+            ("transport", "websocket") => websocket = true,
+            ("sid", _) => sid = true,
+            _ => {}
+        }
+    }
+    eio4 && websocket && !sid
+}
+
+/// The middleware in front of socketioxide's layer: direct WebSocket connections are served
+/// here, everything else goes on.
+pub(crate) async fn intercept(State(fleet): State<Fleet>, req: Request, next: Next) -> Response {
+    if !is_direct(&req) {
+        return next.run(req).await;
+    }
+    let (mut parts, _) = req.into_parts();
+    let headers = parts.headers.clone();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Err(rejection) => rejection.into_response(),
+        Ok(ws) => ws
+            .max_message_size(MAX_MESSAGE_BYTES)
+            .max_frame_size(MAX_MESSAGE_BYTES)
+            .read_buffer_size(SOCKET_BUFFER)
+            .write_buffer_size(SOCKET_BUFFER)
+            .on_upgrade(move |socket| serve(fleet, socket, headers)),
+    }
+}
+
+/// What other tasks ask a direct connection's task to do.
+enum Out {
+    Text(String),
+    Close,
+}
+
+/// The handle of a direct connection: emit to it, wait for its acks, close it.
+pub(crate) struct DirectLink {
+    id: u64,
+    out: mpsc::Sender<Out>,
+    acks: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    next_ack: AtomicU64,
+}
+
+/// Why an emit got no answer.
+pub(crate) enum LinkError {
+    Closed,
+    Timeout,
+}
+
+static NEXT_LINK: AtomicU64 = AtomicU64::new(0);
+
+impl DirectLink {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Value>>> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends an event without waiting for an acknowledgement.
+    pub(crate) fn emit(&self, name: &str, payload: &Value) {
+        let frame = sio::event_frame(NAMESPACE, None, name, payload);
+        let _ = self.out.try_send(Out::Text(frame));
+    }
+
+    /// Sends an event and waits up to `timeout` for the node's acknowledgement.
+    pub(crate) async fn emit_with_ack(
+        &self,
+        name: &str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<Value, LinkError> {
+        let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.acks().insert(id, tx);
+        let frame = sio::event_frame(NAMESPACE, Some(id), name, payload);
+        let answer = tokio::time::timeout(timeout, async {
+            self.out
+                .send(Out::Text(frame))
+                .await
+                .map_err(|_| LinkError::Closed)?;
+            rx.await.map_err(|_| LinkError::Closed)
+        })
+        .await;
+        match answer {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.acks().remove(&id);
+                Err(LinkError::Timeout)
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub(crate) fn disconnect(&self) {
+        let _ = self.out.try_send(Out::Close);
+    }
+}
+
+/// A random Engine.IO session id.
+fn session_id() -> String {
+    let mut bytes = [0u8; 12];
+    // A predictable id is harmless here: a direct connection cannot be resumed by its id.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serves one direct connection to its end.
+async fn serve(fleet: Fleet, mut socket: WebSocket, headers: HeaderMap) {
+    let sid = session_id();
+    let open = serde_json::json!({
+        "sid": sid,
+        "upgrades": [],
+        "pingInterval": PING_INTERVAL.as_millis() as u64,
+        "pingTimeout": PING_TIMEOUT.as_millis() as u64,
+        "maxPayload": MAX_MESSAGE_BYTES,
+    });
+    if send(&mut socket, format!("{}{open}", eio::OPEN))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Some(info) = handshake(&fleet, &mut socket, &headers, &sid).await else {
+        let _ = socket.send(Message::Close(None)).await;
+        return;
+    };
+    let node = info.node_id.clone();
+    let (out, mut outbox) = mpsc::channel(OUTBOX);
+    let link = Arc::new(DirectLink {
+        id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
+        out,
+        acks: Mutex::new(HashMap::new()),
+        next_ack: AtomicU64::new(0),
+    });
+    fleet.register(Link::Direct(link.clone()), info).await;
+
+    let mut next_ping = Instant::now() + PING_INTERVAL;
+    let mut pong_due: Option<Instant> = None;
+    loop {
+        let wake = pong_due.map_or(next_ping, |due| due.min(next_ping));
+        tokio::select! {
+            frame = socket.recv() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        tracing::debug!(%node, error = %e, "agent connection failed");
+                        break;
+                    }
+                };
+                let step = match text.chars().next() {
+                    Some(eio::PONG) => {
+                        pong_due = None;
+                        Step::Nothing
+                    }
+                    // A client's ping (Engine.IO v3 habit) gets its pong.
+                    Some(eio::PING) => Step::Answer(format!("{}{}", eio::PONG, &text[1..])),
+                    Some(eio::MESSAGE) => on_packet(&fleet, &node, &link, &text[1..]).await,
+                    Some(eio::CLOSE) => Step::Leave,
+                    _ => Step::Nothing,
+                };
+                let go_on = match step {
+                    Step::Answer(frame) => send(&mut socket, frame).await.is_ok(),
+                    Step::Nothing => true,
+                    Step::Leave => false,
+                };
+                if !go_on {
+                    break;
+                }
+            }
+            out = outbox.recv() => match out {
+                Some(Out::Text(frame)) => {
+                    if send(&mut socket, frame).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Out::Close) | None => {
+                    let _ = send(&mut socket, sio::disconnect_frame(NAMESPACE)).await;
+                    break;
+                }
+            },
+            () = tokio::time::sleep_until(wake) => {
+                if pong_due.is_some_and(|due| due <= Instant::now()) {
+                    tracing::info!(%node, "agent missed Engine.IO's pong; closing its connection");
+                    break;
+                }
+                if next_ping <= Instant::now() {
+                    if send(&mut socket, eio::PING.to_string()).await.is_err() {
+                        break;
+                    }
+                    next_ping += PING_INTERVAL;
+                    pong_due = Some(Instant::now() + PING_TIMEOUT);
+                }
+            }
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    // Waiters for acks learn the connection is gone.
+    link.acks().clear();
+    fleet.unregister(&Link::Direct(link), &node).await;
+}
+
+/// Waits for the client's connect to `/fleet` and checks its host key: the node, or `None`
+/// once the client was told why not.
+async fn handshake(
+    fleet: &Fleet,
+    socket: &mut WebSocket,
+    headers: &HeaderMap,
+    sid: &str,
+) -> Option<NodeInfo> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.recv())
+            .await
+            .ok()??;
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        };
+        let Some(packet) = text.strip_prefix(eio::MESSAGE).and_then(Packet::parse) else {
+            if text.starts_with(eio::CLOSE) {
+                return None;
+            }
+            continue;
+        };
+        if packet.kind != PacketKind::Connect {
+            continue;
+        }
+        if packet.nsp != NAMESPACE {
+            let refusal = sio::connect_error_frame(packet.nsp, "Invalid namespace");
+            send(socket, refusal).await.ok()?;
+            continue;
+        }
+        let auth: Option<Value> = serde_json::from_str(packet.data).ok();
+        let key = bearer(headers, auth.as_ref());
+        let node = match key {
+            Some(key) => fleet.inner.registry.authenticate(&key).await,
+            None => None,
+        };
+        let Some((node_id, name)) = node else {
+            let _ = send(
+                socket,
+                sio::connect_error_frame(NAMESPACE, "invalid host key"),
+            )
+            .await;
+            return None;
+        };
+        let hello = sio::connect_frame(NAMESPACE, &serde_json::json!({ "sid": sid }));
+        send(socket, hello).await.ok()?;
+        return Some(NodeInfo { node_id, name });
+    }
+}
+
+/// What the connection does after a packet.
+enum Step {
+    /// Writes this frame (an acknowledgement).
+    Answer(String),
+    Nothing,
+    /// The agent left the namespace.
+    Leave,
+}
+
+/// Handles one Socket.IO packet from a connected node.
+async fn on_packet(
+    fleet: &Fleet,
+    node: &vmfleet_core::NodeId,
+    link: &Arc<DirectLink>,
+    text: &str,
+) -> Step {
+    let Some(packet) = Packet::parse(text) else {
+        tracing::debug!(%node, "dropped a frame that is not a Socket.IO packet");
+        return Step::Nothing;
+    };
+    if packet.nsp != NAMESPACE {
+        return Step::Nothing;
+    }
+    match packet.kind {
+        PacketKind::Event => {}
+        PacketKind::Ack => {
+            if let (Some(id), Some(reply)) = (packet.id, packet.ack_reply())
+                && let Some(waiter) = link.acks().remove(&id)
+            {
+                let _ = waiter.send(reply);
+            }
+            return Step::Nothing;
+        }
+        PacketKind::Disconnect => return Step::Leave,
+        PacketKind::BinaryEvent | PacketKind::BinaryAck => {
+            tracing::warn!(%node, "dropped a binary Socket.IO packet: /fleet carries JSON only");
+            return Step::Nothing;
+        }
+        PacketKind::Connect | PacketKind::ConnectError => return Step::Nothing,
+    }
+    let id = packet.id;
+    let answer = move |ack: &Ack| {
+        let reply = serde_json::to_string(ack).unwrap_or_else(|_| "{\"success\":false}".into());
+        id.map(|id| sio::ack_frame(NAMESPACE, id, &reply))
+    };
+    let Some((name, payload)) = packet.event() else {
+        tracing::debug!(%node, "dropped an event that is not [name, payload]");
+        return answer(&Ack::refused("an event is [name, payload]"))
+            .map_or(Step::Nothing, Step::Answer);
+    };
+    let Some(&name) = AgentEvent::NAMES.iter().find(|n| **n == name) else {
+        tracing::debug!(%node, event = %name, "dropped an unknown event");
+        return answer(&Ack::refused(format!("unknown event {name:?}")))
+            .map_or(Step::Nothing, Step::Answer);
+    };
+    if matches!(name, "heartbeat" | "console_output") {
+        // In order and inline: neither waits on anything but the store.
+        let ack = fleet.event(node, name, &payload).await;
+        return answer(&ack).map_or(Step::Nothing, Step::Answer);
+    }
+    // The others may wait on the store for long: the connection keeps reading meanwhile.
+    let (fleet, node, link) = (fleet.clone(), node.clone(), link.clone());
+    tokio::spawn(async move {
+        let ack = fleet.event(&node, name, &payload).await;
+        if let Some(frame) = answer(&ack) {
+            let _ = link.out.send(Out::Text(frame)).await;
+        }
+    });
+    Step::Nothing
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
+    socket.send(Message::Text(text.into())).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn req(uri: &str) -> Request {
+        Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_fresh_websocket_of_engine_io_4_is_direct() {
+        assert!(is_direct(&req("/socket.io/?EIO=4&transport=websocket")));
+        assert!(is_direct(&req("/socket.io/?transport=websocket&EIO=4&t=x")));
+        assert!(!is_direct(&req(
+            "/socket.io/?EIO=4&transport=websocket&sid=abc"
+        )));
+        assert!(!is_direct(&req("/socket.io/?EIO=4&transport=polling")));
+        assert!(!is_direct(&req("/socket.io/?EIO=3&transport=websocket")));
+        assert!(!is_direct(&req("/vm/list?EIO=4&transport=websocket")));
+    }
+}
