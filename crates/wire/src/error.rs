@@ -52,7 +52,16 @@ pub(crate) fn from_value<T: DeserializeOwned>(
     kind: &'static str,
     v: &Value,
 ) -> Result<T, DecodeError> {
-    T::deserialize(v).map_err(|source| DecodeError::Invalid { kind, source })
+    from_de(kind, v)
+}
+
+/// Reads a `T` from JSON (a value or text), naming `kind` in the error.
+pub(crate) fn from_de<'de, T, D>(kind: &'static str, d: D) -> Result<T, DecodeError>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    T::deserialize(d).map_err(|source| DecodeError::Invalid { kind, source })
 }
 
 /// Parses text as a JSON object.

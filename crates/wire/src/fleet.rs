@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vmfleet_core::{ByteSize, ContainerId, GpuIndex, ImageRef, NodeId, RentalId};
 
-use crate::error::{DecodeError, classify, from_value};
+use crate::error::{DecodeError, classify, from_de, from_value};
 pub use crate::fleet_vm::{
     Base64, ConsoleData, ConsoleRef, CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode,
     VmMetrics, VmOperation, VmReport,
@@ -281,12 +281,24 @@ impl AgentEvent {
     }
 
     pub fn decode(name: &str, payload: &Value) -> Result<Self, DecodeError> {
+        Self::decode_from(name, payload)
+    }
+
+    /// As [`AgentEvent::decode`], from the payload's JSON text (no [`Value`] in between).
+    pub fn decode_json(name: &str, payload: &str) -> Result<Self, DecodeError> {
+        Self::decode_from(name, &mut serde_json::Deserializer::from_str(payload))
+    }
+
+    fn decode_from<'de, D>(name: &str, d: D) -> Result<Self, DecodeError>
+    where
+        D: serde::Deserializer<'de, Error = serde_json::Error>,
+    {
         match classify(name, &Self::NAMES, &BackendCommand::NAMES)? {
-            kind @ "heartbeat" => from_value(kind, payload).map(AgentEvent::Heartbeat),
-            kind @ "instance_started" => from_value(kind, payload).map(AgentEvent::InstanceStarted),
-            kind @ "instance_stopped" => from_value(kind, payload).map(AgentEvent::InstanceStopped),
-            kind @ "vm_state" => from_value(kind, payload).map(AgentEvent::VmState),
-            kind => from_value(kind, payload).map(AgentEvent::ConsoleOutput),
+            kind @ "heartbeat" => from_de(kind, d).map(AgentEvent::Heartbeat),
+            kind @ "instance_started" => from_de(kind, d).map(AgentEvent::InstanceStarted),
+            kind @ "instance_stopped" => from_de(kind, d).map(AgentEvent::InstanceStopped),
+            kind @ "vm_state" => from_de(kind, d).map(AgentEvent::VmState),
+            kind => from_de(kind, d).map(AgentEvent::ConsoleOutput),
         }
     }
 }

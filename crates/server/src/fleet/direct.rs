@@ -19,6 +19,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use vmfleet_wire::fleet::{Ack, AgentEvent, NAMESPACE, NodeInfo};
@@ -33,6 +34,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// The socket's read and write buffers: heartbeats and acks are a few hundred bytes.
 const SOCKET_BUFFER: usize = 8 * 1024;
+/// `{ "success": true }`, the acknowledgement of nearly every event.
+const OK: &str = r#"{"success":true}"#;
 /// Frames for the connection's task to write (commands, acks of spawned handlers).
 const OUTBOX: usize = 256;
 
@@ -184,8 +187,10 @@ async fn serve(fleet: Fleet, mut socket: WebSocket, headers: HeaderMap) {
 
     let mut next_ping = Instant::now() + PING_INTERVAL;
     let mut pong_due: Option<Instant> = None;
+    // One timer for the connection's life, moved to the next ping or pong deadline.
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
     loop {
-        let wake = pong_due.map_or(next_ping, |due| due.min(next_ping));
         tokio::select! {
             frame = socket.recv() => {
                 let text = match frame {
@@ -228,18 +233,21 @@ async fn serve(fleet: Fleet, mut socket: WebSocket, headers: HeaderMap) {
                     break;
                 }
             },
-            () = tokio::time::sleep_until(wake) => {
-                if pong_due.is_some_and(|due| due <= Instant::now()) {
+            () = &mut timer => {
+                let now = Instant::now();
+                if pong_due.is_some_and(|due| due <= now) {
                     tracing::info!(%node, "agent missed Engine.IO's pong; closing its connection");
                     break;
                 }
-                if next_ping <= Instant::now() {
+                if next_ping <= now {
                     if send(&mut socket, eio::PING.to_string()).await.is_err() {
                         break;
                     }
-                    next_ping += PING_INTERVAL;
-                    pong_due = Some(Instant::now() + PING_TIMEOUT);
+                    next_ping = now + PING_INTERVAL;
+                    pong_due = Some(now + PING_TIMEOUT);
                 }
+                let wake = pong_due.map_or(next_ping, |due| due.min(next_ping));
+                timer.as_mut().reset(wake);
             }
         }
     }
@@ -343,14 +351,27 @@ async fn on_packet(
     }
     let id = packet.id;
     let answer = move |ack: &Ack| {
+        let id = id?;
+        if *ack == Ack::ok() {
+            return Some(sio::ack_frame(NAMESPACE, id, OK));
+        }
         let reply = serde_json::to_string(ack).unwrap_or_else(|_| "{\"success\":false}".into());
-        id.map(|id| sio::ack_frame(NAMESPACE, id, &reply))
+        Some(sio::ack_frame(NAMESPACE, id, &reply))
     };
-    let Some((name, payload)) = packet.event() else {
+    // `[name, payload]`, the payload kept as text for the typed decoder.
+    let args: Option<Vec<&RawValue>> = serde_json::from_str(packet.data).ok();
+    let Some((name, payload)) = args.as_deref().and_then(|args| match args {
+        [name, rest @ ..] => Some((
+            serde_json::from_str::<String>(name.get()).ok()?,
+            rest.first(),
+        )),
+        [] => None,
+    }) else {
         tracing::debug!(%node, "dropped an event that is not [name, payload]");
         return answer(&Ack::refused("an event is [name, payload]"))
             .map_or(Step::Nothing, Step::Answer);
     };
+    let payload = payload.map_or("null", |p| p.get());
     let Some(&name) = AgentEvent::NAMES.iter().find(|n| **n == name) else {
         tracing::debug!(%node, event = %name, "dropped an unknown event");
         return answer(&Ack::refused(format!("unknown event {name:?}")))
@@ -358,13 +379,18 @@ async fn on_packet(
     };
     if matches!(name, "heartbeat" | "console_output") {
         // In order and inline: neither waits on anything but the store.
-        let ack = fleet.event(node, name, &payload).await;
+        let ack = fleet
+            .event(node, name, || AgentEvent::decode_json(name, payload))
+            .await;
         return answer(&ack).map_or(Step::Nothing, Step::Answer);
     }
     // The others may wait on the store for long: the connection keeps reading meanwhile.
     let (fleet, node, link) = (fleet.clone(), node.clone(), link.clone());
+    let payload = payload.to_owned();
     tokio::spawn(async move {
-        let ack = fleet.event(&node, name, &payload).await;
+        let ack = fleet
+            .event(&node, name, || AgentEvent::decode_json(name, &payload))
+            .await;
         if let Some(frame) = answer(&ack) {
             let _ = link.out.send(Out::Text(frame)).await;
         }

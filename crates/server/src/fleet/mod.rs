@@ -376,7 +376,9 @@ impl Fleet {
                 let fleet = fleet.clone();
                 let node = node.clone();
                 async move {
-                    let reply = fleet.event(&node, name, &payload).await;
+                    let reply = fleet
+                        .event(&node, name, || AgentEvent::decode(name, &payload))
+                        .await;
                     let _ = ack.send(&reply);
                 }
             });
@@ -391,8 +393,14 @@ impl Fleet {
         self.register(Link::Sio(s), info).await;
     }
 
-    /// Handles one agent event and returns its acknowledgement.
-    async fn event(&self, node: &NodeId, name: &str, payload: &Value) -> Ack {
+    /// Handles one agent event and returns its acknowledgement; `decode` reads it (only
+    /// once the node may send it).
+    async fn event(
+        &self,
+        node: &NodeId,
+        name: &str,
+        decode: impl FnOnce() -> Result<AgentEvent, vmfleet_wire::DecodeError>,
+    ) -> Ack {
         let now = Instant::now();
         let allowed = match self.nodes().get_mut(node) {
             Some(conn) => {
@@ -414,7 +422,7 @@ impl Fleet {
                 return Ack::refused("too many heartbeats: a node heartbeats once per period");
             }
         }
-        let ev = match AgentEvent::decode(name, payload) {
+        let ev = match decode() {
             Ok(ev) => ev,
             Err(e) => {
                 let detail = std::error::Error::source(&e).map(|s| format!(": {s}"));

@@ -44,7 +44,11 @@ fn payload(text: &str) -> Result<Value, DecodeError> {
 macro_rules! agent_event {
     ($name:literal) => {
         |text: &str| -> Result<Value, DecodeError> {
-            AgentEvent::decode($name, &payload(text)?).map(|e| e.payload())
+            let via_value = AgentEvent::decode($name, &payload(text)?).map(|e| e.payload());
+            // The text decoder (`/fleet`'s direct connections) agrees with it.
+            let via_text = AgentEvent::decode_json($name, text).map(|e| e.payload());
+            assert_eq!(via_value.as_ref().ok(), via_text.as_ref().ok(), "{text}");
+            via_value
         }
     };
 }
