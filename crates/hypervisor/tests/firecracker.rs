@@ -16,10 +16,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use swagger::Swagger;
 use tempfile::TempDir;
-use vmfleet_core::{VmId, VmResources};
+use vmfleet_core::{DeviceId, PciAddress, ShareTag, VmId, VmResources};
 use vmfleet_hypervisor::{
-    Backend, ConsoleError, DiskSpec, FirecrackerBackend, FirecrackerConfig, Guest, GuestExit,
-    HypervisorError, Launch, NetAttachment, SnapshotPaths, VmSpec,
+    AttachedDevice, Backend, ConsoleError, DeviceSpec, DiskSpec, FirecrackerBackend,
+    FirecrackerConfig, Guest, GuestExit, HypervisorError, Launch, NetAttachment, SnapshotPaths,
+    VmSpec,
 };
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-firecracker");
@@ -57,6 +58,7 @@ impl Fixture {
             extra_disks: vec![],
             boot_args: "console=ttyS0 reboot=k panic=1".into(),
             network: None,
+            devices: Vec::new(),
         };
         let kvm = file("kvm", b"");
         let backend = FirecrackerBackend::new(FirecrackerConfig {
@@ -295,6 +297,10 @@ async fn boot_configures_the_machine_then_starts_it() {
         tap: "tap-vm1".into(),
         mac: "52:54:00:12:34:56".into(),
     });
+    f.spec.devices = vec![AttachedDevice {
+        id: DeviceId::nth(0),
+        device: DeviceSpec::Rng,
+    }];
 
     let guest = f.boot().await;
 
@@ -307,10 +313,12 @@ async fn boot_configures_the_machine_then_starts_it() {
             "PUT /drives/rootfs",
             "PUT /drives/disk1",
             "PUT /network-interfaces/eth0",
+            "PUT /entropy",
             "PUT /balloon",
             "PUT /actions",
         ]
     );
+    assert_eq!(f.body("PUT /entropy"), json!({}));
     assert_eq!(
         f.body("PUT /metrics"),
         json!({"metrics_path": f.str("firecracker.metrics")})
@@ -409,6 +417,41 @@ async fn boot_refuses_what_firecracker_cannot_run() {
         Err(HypervisorError::InvalidSpec(_))
     ));
     // Nothing was started.
+    assert!(!f.path().join("fake-argv.json").exists());
+}
+
+#[tokio::test]
+async fn firecracker_has_an_entropy_device_but_no_pci_and_no_shares() {
+    let mut f = Fixture::new("vm-devices");
+    f.backend.check_device(&DeviceSpec::Rng).unwrap();
+    let share = DeviceSpec::Share {
+        tag: ShareTag::new("data").unwrap(),
+        path: f.path().to_owned(),
+        read_only: true,
+    };
+    let gpu = DeviceSpec::PciPassthrough {
+        address: PciAddress::new("0000:01:00.0").unwrap(),
+    };
+    for (device, why) in [
+        (share, "Firecracker has no shared filesystem device"),
+        (gpu, "Firecracker has no PCI"),
+    ] {
+        match f.backend.check_device(&device) {
+            Err(e @ HypervisorError::Unsupported { .. }) => {
+                assert!(e.to_string().contains(why), "{e}")
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        // A spec that has one anyway (an edited vm.json) does not launch either.
+        f.spec.devices = vec![AttachedDevice {
+            id: DeviceId::nth(0),
+            device,
+        }];
+        assert!(matches!(
+            f.backend.launch(&f.spec, f.path(), Launch::Boot).await,
+            Err(HypervisorError::Unsupported { .. })
+        ));
+    }
     assert!(!f.path().join("fake-argv.json").exists());
 }
 
