@@ -11,7 +11,9 @@
 #                taken from Debian's newest linux-image-6.1.0-*-amd64 package
 #   initrd.img   gzip'd newc cpio: busybox-static + /init that insmods the
 #                modules needed for an ext4 root on virtio-blk (virtio-mmio
-#                under `-M microvm`) and the ACPI power button, mounts /dev/vda
+#                under `-M microvm`), the ACPI power button, virtio-net, the
+#                virtio entropy device and 9p shares over virtio (so the guest
+#                can `mount -t 9p -o trans=virtio TAG DIR`), mounts /dev/vda
 #                and switch_roots into it; with no disk it gives a rescue shell
 #   rootfs.ext4  64 MiB ext4 image (mke2fs -d, no loop mount): busybox init,
 #                hostname vmfleet-guest, prints "vmfleet-guest ready", then a

@@ -126,7 +126,7 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
     let created = client
         .create_vm(&CreateVmRequest {
             name: name.clone(),
-            owner: me.clone(),
+            owner: me,
             vm_config: serde_json::from_value(json!({"vcpu_count": 1, "mem_size_mib": 256}))
                 .unwrap(),
         })
@@ -135,26 +135,26 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
     let id: VmId = created.vm_id.clone();
     let vm = VmRef {
         build_id: id.clone(),
-        owner: me.clone(),
+        owner: me,
     };
     client.boot_vm(&vm).await.unwrap();
     wait_state(&client, &vm, "running").await;
 
     let add_rng = AddDeviceRequest {
         build_id: id.clone(),
-        owner: me.clone(),
+        owner: me,
         device: Device::Rng {},
     };
     let fs = |tag: &str, path: &str, read_only: bool| AddFsRequest {
         build_id: id.clone(),
-        owner: me.clone(),
+        owner: me,
         tag: ShareTag::new(tag).unwrap(),
         path: SharePath::new(path).unwrap(),
         read_only,
     };
     let remove = |dev: &str| RemoveDeviceRequest {
         build_id: id.clone(),
-        owner: me.clone(),
+        owner: me,
         id: DeviceId::new(dev).unwrap(),
     };
 
@@ -169,7 +169,7 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
 
     let force = StopVmRequest {
         build_id: id.clone(),
-        owner: me.clone(),
+        owner: me,
         force: true,
     };
     client.stop_vm(&force).await.unwrap();
