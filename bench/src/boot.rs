@@ -251,6 +251,7 @@ impl Bench {
             extra_disks: Vec::new(),
             boot_args: DEFAULT_BOOT_ARGS.to_owned(),
             network: None,
+            devices: Vec::new(),
         }
     }
 

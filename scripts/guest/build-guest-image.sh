@@ -11,7 +11,9 @@
 #                taken from Debian's newest linux-image-6.1.0-*-amd64 package
 #   initrd.img   gzip'd newc cpio: busybox-static + /init that insmods the
 #                modules needed for an ext4 root on virtio-blk (virtio-mmio
-#                under `-M microvm`) and the ACPI power button, mounts /dev/vda
+#                under `-M microvm`), the ACPI power button, virtio-net, the
+#                virtio entropy device and 9p shares over virtio (so the guest
+#                can `mount -t 9p -o trans=virtio TAG DIR`), mounts /dev/vda
 #                and switch_roots into it; with no disk it gives a rescue shell
 #   rootfs.ext4  64 MiB ext4 image (mke2fs -d, no loop mount): busybox init,
 #                hostname vmfleet-guest, prints "vmfleet-guest ready", then a
@@ -53,7 +55,13 @@ ROOTFS_SIZE=64M
 #   evdev          : /dev/input/event* so busybox acpid sees that key press
 #   virtio_balloon : memory resize (QMP balloon) and the guest's memory stats
 #   virtio_net     : the NIC on the VM's TAP device
-GUEST_MODULES=(virtio_mmio virtio_blk crc32c_generic ext4 button evdev virtio_balloon virtio_net)
+#   virtio_rng     : /vm/device/add {"kind":"rng"} (virtio-rng-device); the
+#                    hw_random core is built in (CONFIG_HW_RANDOM=y)
+#   9p             : /vm/fs/add shares (mount -t 9p -o trans=virtio TAG DIR);
+#                    pulls 9pnet, netfs and fscache (CONFIG_9P_FSCACHE=y)
+#   9pnet_virtio   : 9p's virtio transport (virtio-9p-device); not a
+#                    dependency of 9p in modules.dep, so named here
+GUEST_MODULES=(virtio_mmio virtio_blk crc32c_generic ext4 button evdev virtio_balloon virtio_net virtio_rng 9p 9pnet_virtio)
 BUILD_TOOLS=(busybox-static cpio e2fsprogs xz-utils gzip)
 
 # --------------------------------------------------------------------------
@@ -205,7 +213,7 @@ extract_vmlinux "$vmlinuz" "$WORK/vmlinux" || die "no xz-compressed ELF found in
 [ -s "$MODDIR/modules.dep" ] || die "depmod produced no modules.dep"
 
 # Show what the kernel config says about the drivers we care about.
-log "kernel config: $(grep -E '^CONFIG_(VIRTIO|VIRTIO_MMIO|VIRTIO_BLK|EXT4_FS|JBD2|FS_MBCACHE|CRC16|CRYPTO_CRC32C|ACPI_BUTTON|INPUT_EVDEV|SERIAL_8250|PVH)=' "$KCONFIG" |
+log "kernel config: $(grep -E '^CONFIG_(VIRTIO|VIRTIO_MMIO|VIRTIO_BLK|EXT4_FS|JBD2|FS_MBCACHE|CRC16|CRYPTO_CRC32C|ACPI_BUTTON|INPUT_EVDEV|SERIAL_8250|PVH|HW_RANDOM|HW_RANDOM_VIRTIO|9P_FS|NET_9P|NET_9P_VIRTIO)=' "$KCONFIG" |
     sed 's/^CONFIG_//' | tr '\n' ' ')"
 
 declare -A MODPATH=()   # name (dashes as underscores) -> path relative to MODDIR

@@ -61,6 +61,22 @@ pub struct AgentConfig {
     /// Seconds between heartbeats (seed 001: 5).
     #[arg(long, env = "HEARTBEAT_SECS", default_value_t = 5)]
     pub heartbeat_secs: u64,
+
+    /// The directory whose subdirectories VMs may be given with /vm/fs/add (shared over
+    /// virtio-9p; requests name a path relative to it, which must stay inside it). Unset:
+    /// this node shares no directories.
+    #[arg(long, env = "VMFLEET_SHARE_ROOT")]
+    pub share_root: Option<PathBuf>,
+
+    /// The host PCI devices (DDDD:BB:DD.F, comma-separated) VMs may be given with
+    /// /vm/device/add (VFIO passthrough; each must be bound to vfio-pci). Default: none.
+    #[arg(
+        long,
+        env = "VMFLEET_PASSTHROUGH_DEVICES",
+        value_delimiter = ',',
+        num_args = 0..
+    )]
+    pub passthrough_devices: Vec<vmfleet_core::PciAddress>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,6 +163,14 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl AgentConfig {
+    /// What of the host this node offers its VMs.
+    pub fn host_devices(&self) -> vmfleet_hypervisor::HostDevices {
+        vmfleet_hypervisor::HostDevices {
+            share_root: self.share_root.clone(),
+            passthrough: self.passthrough_devices.clone(),
+        }
+    }
+
     /// Checks what must hold before the agent starts and returns the warnings to print.
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let (scheme, host) = scheme_and_host(&self.api_url)
@@ -165,6 +189,14 @@ impl AgentConfig {
                 "API_URL {} is plain http to {host}: the host key and every command cross the \
                  network unencrypted; use https:// in production",
                 self.api_url
+            ));
+        }
+        if let Some(root) = &self.share_root
+            && !root.is_dir()
+        {
+            warnings.push(format!(
+                "the share root {} is not a directory: /vm/fs/add will refuse every share",
+                root.display()
             ));
         }
         if !self.node_ws_listen.ip().is_loopback() {
@@ -242,6 +274,28 @@ mod tests {
             Err(ConfigError::BadConfigLine { line: 2 })
         );
         assert!(parse_config_file("api_url=x").is_err());
+    }
+
+    #[test]
+    fn devices_on_offer() {
+        let c = parse(&["--host-api-key", "k"]);
+        assert_eq!(c.host_devices(), vmfleet_hypervisor::HostDevices::default());
+        let c = parse(&[
+            "--host-api-key",
+            "k",
+            "--share-root",
+            "/",
+            "--passthrough-devices",
+            "0000:01:00.0,0000:3B:00.1",
+        ]);
+        let d = c.host_devices();
+        assert_eq!(d.share_root.as_deref(), Some(std::path::Path::new("/")));
+        let names: Vec<&str> = d.passthrough.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, ["0000:01:00.0", "0000:3b:00.1"]);
+        let mut argv = vec!["agent", "--passthrough-devices", "01:00.0"];
+        argv.push("--host-api-key");
+        argv.push("k");
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
-use vmfleet_core::{RequestId, VmResources};
+use vmfleet_core::{RequestId, VmId, VmResources};
 use vmfleet_hypervisor::{CreateVm, ErrorClass, Hypervisor, HypervisorError, VmStatus};
 use vmfleet_wire::fleet::{
     CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, VmMetrics, VmOperation, VmReport,
@@ -131,6 +131,19 @@ impl VmService {
             VmOperation::AddDisk { size_gb, read_only } => {
                 vmm.add_disk(id, *size_gb, *read_only).await
             }
+            VmOperation::AddDevice { device } => {
+                let added = vmm.add_device(id, device).await;
+                return self.with_artifact(id, added.map(|d| d.to_string())).await;
+            }
+            VmOperation::AddFs {
+                tag,
+                path,
+                read_only,
+            } => {
+                let added = vmm.add_share(id, tag, path, *read_only).await;
+                return self.with_artifact(id, added.map(|d| d.to_string())).await;
+            }
+            VmOperation::RemoveDevice { id: device } => vmm.remove_device(id, device).await,
             VmOperation::Delete => {
                 return match vmm.delete(id).await {
                     Ok(()) => VmCommandReply::done(None),
@@ -180,6 +193,22 @@ impl VmService {
         };
         match status {
             Ok(st) => VmCommandReply::done(Some(report(&st))),
+            Err(e) => refusal(&e),
+        }
+    }
+
+    /// The reply to an operation that made something (`artifact`: a device id, ...), with
+    /// the VM as it is now.
+    async fn with_artifact(
+        &self,
+        id: &VmId,
+        made: Result<String, HypervisorError>,
+    ) -> VmCommandReply {
+        match made {
+            Ok(artifact) => VmCommandReply {
+                artifact: Some(artifact),
+                ..VmCommandReply::done(self.vmm.status(id).await.ok().map(|s| report(&s)))
+            },
             Err(e) => refusal(&e),
         }
     }

@@ -52,6 +52,14 @@ pub enum Command {
         /// `DATA_DIR/node.token`).
         #[arg(long, default_value = "127.0.0.1:3030")]
         node_api_listen: SocketAddr,
+        /// The directory whose subdirectories the local node's VMs may be given with
+        /// /vm/fs/add. Unset: no shares.
+        #[arg(long, env = "VMFLEET_SHARE_ROOT")]
+        share_root: Option<PathBuf>,
+        /// The host PCI devices (DDDD:BB:DD.F, comma-separated) the local node's VMs may be
+        /// given with /vm/device/add. Default: none.
+        #[arg(long, env = "VMFLEET_PASSTHROUGH_DEVICES", value_delimiter = ',', num_args = 0..)]
+        passthrough_devices: Vec<vmfleet_core::PciAddress>,
     },
     /// The control plane alone, for installs with several agents.
     Server(PlaneArgs),
@@ -336,9 +344,15 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Up {
             plane: args,
             node_api_listen,
+            share_root,
+            passthrough_devices,
         } => {
             let plane = ControlPlane::start(PlaneOptions::from(&args)).await?;
-            let agent = local::start(&plane, node_api_listen).await?;
+            let host = vmfleet_hypervisor::HostDevices {
+                share_root,
+                passthrough: passthrough_devices,
+            };
+            let agent = local::start(&plane, node_api_listen, host).await?;
             announce(&plane);
             say!(
                 "local node {:?}: node API on ws://{}/ws",
@@ -368,9 +382,14 @@ async fn run(command: Command) -> Result<(), CliError> {
                 Ok(t) if !t.is_empty() => t,
                 _ => DataDir::open(&config.vm_base_path)?.secret("node.token")?,
             };
-            let (node_api, addr, vmm) =
-                local::start_node_api(&config.vm_base_path, token, config.node_ws_listen, accel)
-                    .await?;
+            let (node_api, addr, vmm) = local::start_node_api(
+                &config.vm_base_path,
+                token,
+                config.node_ws_listen,
+                accel,
+                config.host_devices(),
+            )
+            .await?;
             say!("vmfleet agent: node API on ws://{addr}/ws");
             let upstream = agent_upstream(&config).await.with_vms(vmm);
             upstream.run(shutdown_signal()).await;

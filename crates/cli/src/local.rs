@@ -14,7 +14,7 @@ use vmfleet_agent::upstream::Upstream;
 use vmfleet_auth::SecretHash;
 use vmfleet_hypervisor::docker::{DockerConfig, DockerRuntime};
 use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
-use vmfleet_hypervisor::{Hypervisor, ImageCatalog, Vmm};
+use vmfleet_hypervisor::{HostDevices, Hypervisor, ImageCatalog, Vmm};
 use vmfleet_store::{Store, StoreError};
 
 use crate::{CliError, ControlPlane};
@@ -81,6 +81,7 @@ pub async fn start_node_api(
     token: String,
     listen: SocketAddr,
     accel: Accel,
+    host: HostDevices,
 ) -> Result<(JoinHandle<()>, SocketAddr, Arc<dyn Hypervisor>), CliError> {
     let catalog =
         ImageCatalog::open(base.join("images")).map_err(|e| CliError::Local(e.to_string()))?;
@@ -93,7 +94,8 @@ pub async fn start_node_api(
         catalog,
         base.join("instances"),
     )
-    .map_err(|e| CliError::Local(e.to_string()))?;
+    .map_err(|e| CliError::Local(e.to_string()))?
+    .with_host_devices(host);
     // Guests left running by the previous start are taken back, not booted again.
     let found = vmm.recover().await;
     if !found.is_empty() {
@@ -127,9 +129,11 @@ pub struct LocalAgent {
 }
 
 /// Registers the local node (once; its key is kept in the data dir) and starts its agent.
+/// `host`: what of this machine its VMs may be given (shared directories, PCI passthrough).
 pub async fn start(
     plane: &ControlPlane,
     node_api_listen: SocketAddr,
+    host: HostDevices,
 ) -> Result<LocalAgent, CliError> {
     let dir = plane.data_dir();
     let store: &Store = plane.store();
@@ -163,7 +167,7 @@ pub async fn start(
     let base = dir.root().join("vms");
     let token = dir.secret(NODE_TOKEN)?;
     let (node_api, node_api_addr, vmm) =
-        start_node_api(&base, token, node_api_listen, Accel::Auto).await?;
+        start_node_api(&base, token, node_api_listen, Accel::Auto, host).await?;
 
     let docker = DockerRuntime::new(DockerConfig::default());
     let containers = match docker.ping().await {

@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 use vmfleet_client::ClientError;
 use vmfleet_core::{ImageName, SnapshotId, VmName, VmState, WalletAddress};
 use vmfleet_wire::api::{
-    ActionResponse, CreateVmRequest, DEFAULT_KERNEL, DEFAULT_ROOTFS, ListVmsRequest,
-    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, StopVmRequest,
-    VmConfig, VmInfo, VmRef,
+    ActionResponse, AddDeviceRequest, AddDeviceResponse, AddFsRequest, CreateVmRequest,
+    DEFAULT_KERNEL, DEFAULT_ROOTFS, ListVmsRequest, RemoveDeviceRequest, ResizeMemoryRequest,
+    ResizeVcpuRequest, RestoreRequest, SnapshotRequest, StopVmRequest, VmConfig, VmInfo, VmRef,
 };
 use vmfleet_wire::ws::{CommandAction, MetricsData, StatusData, WsBody, WsMessage};
 
@@ -129,6 +129,31 @@ pub enum VmCommand {
         #[arg(long, value_parser = parse_mib)]
         memory: Option<u64>,
     },
+    /// Adds a device to a stopped VM (the guest sees it from its next boot): `--rng`, or
+    /// `--pci DDDD:BB:DD.F` (a PCI device its node offers for passthrough).
+    DeviceAdd {
+        vm: String,
+        /// A virtio entropy device.
+        #[arg(long, conflicts_with = "pci", required_unless_present = "pci")]
+        rng: bool,
+        /// A host PCI device, passed through with VFIO.
+        #[arg(long)]
+        pci: Option<vmfleet_core::PciAddress>,
+    },
+    /// Removes a device or shared directory (`dev0`, ...) from a stopped VM.
+    DeviceRemove {
+        vm: String,
+        id: vmfleet_core::DeviceId,
+    },
+    /// Shares PATH (relative to the node's share root) with a stopped VM; the guest mounts it
+    /// with `mount -t 9p -o trans=virtio TAG DIR`.
+    FsAdd {
+        vm: String,
+        tag: vmfleet_core::ShareTag,
+        path: vmfleet_core::SharePath,
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Deletes a VM (forced off first).
     Delete { vm: String },
     /// Attaches this terminal to the VM's serial console (scrollback first); Ctrl-] detaches.
@@ -143,6 +168,14 @@ pub enum VmCommand {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+/// Prints the answer to an added device or share: its id first.
+fn added(s: &Session, r: &AddDeviceResponse) {
+    match s.output {
+        Output::Json => print_json(r),
+        Output::Table => say!("{}: {}", r.id, r.message),
+    }
 }
 
 /// `512` (MiB), `512m`, `2g`, `1048576k`: whole MiB.
@@ -396,6 +429,49 @@ pub async fn run(
                 };
                 action(s, waits, &s.client.resize_memory(&req).await?);
             }
+            return Ok(());
+        }
+        VmCommand::DeviceAdd { vm, rng: _, pci } => {
+            let v = resolve(s, vm, owner).await?;
+            let device = match pci {
+                Some(address) => vmfleet_core::Device::PciPassthrough {
+                    address: address.clone(),
+                },
+                None => vmfleet_core::Device::Rng {},
+            };
+            let req = AddDeviceRequest {
+                build_id: v.build_id.clone(),
+                owner: v.owner,
+                device,
+            };
+            added(s, &s.client.add_device(&req).await?);
+            return Ok(());
+        }
+        VmCommand::DeviceRemove { vm, id } => {
+            let v = resolve(s, vm, owner).await?;
+            let req = RemoveDeviceRequest {
+                build_id: v.build_id.clone(),
+                owner: v.owner,
+                id: id.clone(),
+            };
+            action(s, waits, &s.client.remove_device(&req).await?);
+            return Ok(());
+        }
+        VmCommand::FsAdd {
+            vm,
+            tag,
+            path,
+            read_only,
+        } => {
+            let v = resolve(s, vm, owner).await?;
+            let req = AddFsRequest {
+                build_id: v.build_id.clone(),
+                owner: v.owner,
+                tag: tag.clone(),
+                path: path.clone(),
+                read_only: *read_only,
+            };
+            added(s, &s.client.add_fs(&req).await?);
             return Ok(());
         }
         VmCommand::Delete { vm } => {

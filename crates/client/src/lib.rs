@@ -15,10 +15,11 @@ use vmfleet_auth::siwe::{SiweError, Wallet, sign_in_message};
 use vmfleet_core::{NodeId, RequestId, Timestamp, VmName, WalletAddress};
 use vmfleet_wire::DecodeError;
 use vmfleet_wire::api::{
-    ActionResponse, CreateNodeRequest, CreateNodeResponse, CreateVmRequest, CreateVmResponse,
-    ErrorBody, Health, ListVmsRequest, LoginRequest, LoginResponse, NodeView, NonceResponse,
-    PingRequest, PingResponse, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest,
-    SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo, VmRef,
+    ActionResponse, AddDeviceRequest, AddDeviceResponse, AddFsRequest, CreateNodeRequest,
+    CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
+    LoginRequest, LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse,
+    RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest,
+    SnapshotResponse, StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::decode_body;
 use vmfleet_wire::ws::{
@@ -228,6 +229,27 @@ impl Client {
         req: &ResizeMemoryRequest,
     ) -> Result<ActionResponse, ClientError> {
         self.post("/vm/resize/memory", req).await
+    }
+
+    /// `POST /vm/device/add`: the answer names the device's id.
+    pub async fn add_device(
+        &self,
+        req: &AddDeviceRequest,
+    ) -> Result<AddDeviceResponse, ClientError> {
+        self.post("/vm/device/add", req).await
+    }
+
+    /// `POST /vm/device/remove`.
+    pub async fn remove_device(
+        &self,
+        req: &RemoveDeviceRequest,
+    ) -> Result<ActionResponse, ClientError> {
+        self.post("/vm/device/remove", req).await
+    }
+
+    /// `POST /vm/fs/add`: the answer names the share's device id.
+    pub async fn add_fs(&self, req: &AddFsRequest) -> Result<AddDeviceResponse, ClientError> {
+        self.post("/vm/fs/add", req).await
     }
 
     /// `POST /nodes` (admin): the host key is in the answer, once.

@@ -196,6 +196,18 @@ string_id!(
     SnapshotId, "snapshot id", max = 64, extra = ""
 );
 
+string_id!(
+    /// A device of a VM (`dev0`, `dev1`, ...), given by its node when the device is added.
+    DeviceId, "device id", max = 32, extra = ""
+);
+
+impl DeviceId {
+    /// The `n`th device id of a VM: `dev<n>`.
+    pub fn nth(n: u32) -> Self {
+        Self(format!("dev{n}"))
+    }
+}
+
 impl VmId {
     /// A fresh random VM id, `vm-` and 16 hex digits.
     pub fn generate() -> Self {

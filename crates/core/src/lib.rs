@@ -2,6 +2,7 @@
 //! sizes, timestamps, the VM state machine and resource validation. It does no IO.
 
 mod address;
+mod device;
 mod ids;
 mod resources;
 #[cfg(feature = "schemars")]
@@ -11,9 +12,10 @@ mod state;
 mod time;
 
 pub use address::{AddressError, ChecksumAddress, WalletAddress};
+pub use device::{Device, DeviceError, PciAddress, SharePath, ShareTag};
 pub use ids::{
-    ApiTokenId, BuyerId, ContainerId, GpuIndex, IdError, IdErrorReason, ImageName, ImageRef, JobId,
-    NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
+    ApiTokenId, BuyerId, ContainerId, DeviceId, GpuIndex, IdError, IdErrorReason, ImageName,
+    ImageRef, JobId, NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
 };
 pub use resources::{ResourceError, VmResources};
 pub use size::{ByteSize, SizeError};

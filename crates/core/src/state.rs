@@ -82,7 +82,9 @@ impl VmState {
             (Resume, Paused) => t(Running, Running),
             (Snapshot, Running | Paused) => t(self, self),
             (Restore, Created | Stopped | Error) => t(Booting, Running),
-            (Resize | AddDisk, Created | Running | Paused | Stopped) => t(self, self),
+            (Resize | AddDisk | ChangeDevices, Created | Running | Paused | Stopped) => {
+                t(self, self)
+            }
             (Delete, s) if s != Deleted => t(s, Deleted),
             (op, state) => Err(InvalidTransition { op, state }),
         }
@@ -123,11 +125,14 @@ pub enum VmOp {
     Restore,
     Resize,
     AddDisk,
+    /// Adds or removes a device or a shared directory (cold-plug: the drivers refuse it
+    /// while a guest runs).
+    ChangeDevices,
     Delete,
 }
 
 impl VmOp {
-    pub const ALL: [VmOp; 13] = [
+    pub const ALL: [VmOp; 14] = [
         VmOp::Boot,
         VmOp::Start,
         VmOp::Stop,
@@ -140,6 +145,7 @@ impl VmOp {
         VmOp::Restore,
         VmOp::Resize,
         VmOp::AddDisk,
+        VmOp::ChangeDevices,
         VmOp::Delete,
     ];
 
@@ -157,6 +163,7 @@ impl VmOp {
             VmOp::Restore => "restore",
             VmOp::Resize => "resize",
             VmOp::AddDisk => "add a disk to",
+            VmOp::ChangeDevices => "change the devices of",
             VmOp::Delete => "delete",
         }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use vmfleet_core::{VmId, VmResources};
+use vmfleet_core::{DeviceId, PciAddress, ShareTag, VmId, VmResources};
 
 use crate::HypervisorError;
 use crate::console::Console;
@@ -43,6 +43,46 @@ pub struct VmSpec {
     /// The kernel command line.
     pub boot_args: String,
     pub network: Option<NetAttachment>,
+    /// Devices and shared directories added to the VM (`/vm/device/add`, `/vm/fs/add`), in
+    /// the order they were added; cold-plugged at each launch.
+    #[serde(default)]
+    pub devices: Vec<AttachedDevice>,
+}
+
+/// A device of a VM, with the id its node gave it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedDevice {
+    pub id: DeviceId,
+    pub device: DeviceSpec,
+}
+
+/// A device as a backend attaches it: requests already checked against the node's offer,
+/// paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DeviceSpec {
+    /// A virtio entropy device.
+    Rng,
+    /// A host PCI device passed through with VFIO.
+    PciPassthrough { address: PciAddress },
+    /// A directory of the host shared with the guest, mounted there by its tag.
+    Share {
+        tag: ShareTag,
+        /// The directory's real path (symlinks resolved), inside the node's share root.
+        path: PathBuf,
+        read_only: bool,
+    },
+}
+
+impl DeviceSpec {
+    /// What the device is, in words, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            DeviceSpec::Rng => "an entropy device".into(),
+            DeviceSpec::PciPassthrough { address } => format!("PCI device {address}"),
+            DeviceSpec::Share { tag, .. } => format!("a shared directory tagged {tag}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,6 +172,16 @@ pub trait Backend: Send + Sync + 'static {
         dir: &Path,
         how: Launch,
     ) -> Result<Box<dyn Guest>, HypervisorError>;
+
+    /// Whether this backend can give a guest `device`: `Unsupported`, saying why, when it
+    /// cannot. Asked before a device is added to a VM's spec.
+    fn check_device(&self, device: &DeviceSpec) -> Result<(), HypervisorError> {
+        let _ = device;
+        Err(HypervisorError::Unsupported {
+            backend: self.kind().as_str(),
+            op: "attach devices",
+        })
+    }
 
     /// Re-attaches to a guest process that outlived the process that launched it.
     async fn adopt(&self, spec: &VmSpec, dir: &Path) -> Result<Box<dyn Guest>, HypervisorError> {

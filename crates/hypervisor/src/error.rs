@@ -26,6 +26,23 @@ pub enum HypervisorError {
     Busy(VmId),
     #[error("VM {0} is {1}: stop it first, its disk changes while it runs")]
     MustBeStopped(VmId, vmfleet_core::VmState),
+    #[error(
+        "VM {vm} is {state}: the {backend} driver cannot hot-plug devices; stop it first, \
+         the guest sees the change from its next boot"
+    )]
+    ColdPlugOnly {
+        vm: VmId,
+        state: vmfleet_core::VmState,
+        backend: &'static str,
+    },
+    #[error("VM {vm} has no device {device}")]
+    NoDevice {
+        vm: VmId,
+        device: vmfleet_core::DeviceId,
+    },
+    /// A device the node does not offer, or one already taken.
+    #[error("{0}")]
+    DeviceRefused(String),
     #[error("VM {vm} has no snapshot {snapshot}")]
     NoSnapshot { vm: VmId, snapshot: String },
     #[error(transparent)]
@@ -112,10 +129,13 @@ impl HypervisorError {
             | HypervisorError::AlreadyExists(_)
             | HypervisorError::Busy(_)
             | HypervisorError::MustBeStopped(..)
+            | HypervisorError::ColdPlugOnly { .. }
+            | HypervisorError::DeviceRefused(_)
             | HypervisorError::NotRunning(_)
             | HypervisorError::NotRentalContainer { .. } => ErrorClass::Conflict,
             HypervisorError::NotFound(_)
             | HypervisorError::NoSnapshot { .. }
+            | HypervisorError::NoDevice { .. }
             | HypervisorError::ContainerNotFound(_) => ErrorClass::NotFound,
             HypervisorError::Resources(_)
             | HypervisorError::InvalidSpec(_)

@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
-use vmfleet_core::{ImageName, SnapshotId, VmId, VmResources, VmState};
+use vmfleet_core::{
+    Device, DeviceId, ImageName, SharePath, ShareTag, SnapshotId, VmId, VmResources, VmState,
+};
 
 use crate::HypervisorError;
 use crate::backend::{BackendKind, GuestMetrics};
@@ -113,6 +115,36 @@ pub trait Hypervisor: Send + Sync {
     ) -> Result<VmStatus, HypervisorError> {
         let _ = (id, size_gb, read_only);
         Err(self.unsupported("add a disk"))
+    }
+
+    /// Adds `device` to the stopped VM (cold-plug: the guest sees it from its next boot);
+    /// returns the id it got.
+    async fn add_device(&self, id: &VmId, device: &Device) -> Result<DeviceId, HypervisorError> {
+        let _ = (id, device);
+        Err(self.unsupported("add a device"))
+    }
+
+    /// Shares directory `path` of the node's share root with the stopped VM, tagged `tag`;
+    /// returns the id of the share (a device of the VM).
+    async fn add_share(
+        &self,
+        id: &VmId,
+        tag: &ShareTag,
+        path: &SharePath,
+        read_only: bool,
+    ) -> Result<DeviceId, HypervisorError> {
+        let _ = (id, tag, path, read_only);
+        Err(self.unsupported("share a directory"))
+    }
+
+    /// Removes device (or share) `device` from the stopped VM.
+    async fn remove_device(
+        &self,
+        id: &VmId,
+        device: &DeviceId,
+    ) -> Result<VmStatus, HypervisorError> {
+        let _ = (id, device);
+        Err(self.unsupported("remove a device"))
     }
 
     /// Writes the running guest's memory to a core file on the node; returns its path.

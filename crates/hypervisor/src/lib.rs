@@ -10,6 +10,7 @@
 pub mod backend;
 mod catalog;
 pub mod console;
+mod devices;
 pub mod docker;
 mod error;
 pub mod firecracker;
@@ -20,11 +21,12 @@ pub mod qemu;
 mod vmm;
 
 pub use backend::{
-    Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch, NetAttachment,
-    SnapshotPaths, VmSpec,
+    AttachedDevice, Backend, BackendKind, DeviceSpec, DiskSpec, Guest, GuestExit, GuestMetrics,
+    Launch, NetAttachment, SnapshotPaths, VmSpec,
 };
 pub use catalog::{CatalogError, CatalogImage, ImageCatalog};
 pub use console::{Console, ConsoleError, ConsoleReader, SCROLLBACK_BYTES};
+pub use devices::HostDevices;
 pub use docker::{
     ContainerInfo, ContainerSpec, ContainerState, DockerConfig, DockerRuntime, StartedContainer,
     StopEnd, StopReport,

@@ -13,15 +13,19 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
-use vmfleet_core::{ImageName, SnapshotId, VmId, VmOp, VmState};
+use vmfleet_core::{
+    Device, DeviceId, ImageName, SharePath, ShareTag, SnapshotId, VmId, VmOp, VmState,
+};
 
 use crate::HypervisorError;
 use crate::backend::{
-    Backend, BackendKind, DiskSpec, Guest, GuestExit, GuestMetrics, Launch, NetAttachment,
+    AttachedDevice, Backend, BackendKind, DeviceSpec, DiskSpec, Guest, GuestExit, GuestMetrics,
+    Launch, NetAttachment,
 };
 use crate::backend::{SnapshotPaths, VmSpec};
 use crate::catalog::{CatalogError, ImageCatalog};
 use crate::console::Console;
+use crate::devices::HostDevices;
 use crate::hypervisor::{CreateVm, Hypervisor, VmStatus};
 use crate::net::{NetConfig, mac_for, tap_for};
 
@@ -43,6 +47,8 @@ pub struct Vmm {
     host_mem_mib: u64,
     /// Guest networking: a TAP on a bridge and an address from the pool for every VM.
     net: Option<Mutex<NetConfig>>,
+    /// What of the host VMs may be given: shared directories, PCI passthrough.
+    host: HostDevices,
 }
 
 struct Instance {
@@ -66,6 +72,8 @@ struct InstState {
     /// The address IPAM gave the VM (its TAP is named after it).
     ip: Option<std::net::Ipv4Addr>,
     labels: std::collections::BTreeMap<String, String>,
+    /// The number in the next device id (`dev<N>`): ids are never reused.
+    next_device: u32,
 }
 
 /// What `<vm dir>/vm.json` keeps of a VM, so that a restarted agent finds it again.
@@ -77,6 +85,8 @@ struct Persisted {
     ip: Option<std::net::Ipv4Addr>,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    next_device: u32,
 }
 
 /// The file of a VM's directory that describes it.
@@ -112,7 +122,15 @@ impl Vmm {
             events,
             host_mem_mib: host_mem_mib(),
             net: None,
+            host: HostDevices::default(),
         })
+    }
+
+    /// Lets VMs have what `host` offers: directories under its share root
+    /// ([`Hypervisor::add_share`]) and its PCI devices for passthrough.
+    pub fn with_host_devices(mut self, host: HostDevices) -> Self {
+        self.host = host;
+        self
     }
 
     /// Gives every VM created from now on a TAP device on `net.bridge` (created if missing)
@@ -353,6 +371,7 @@ fn persist(dir: &Path, st: &InstState) {
         reason: st.reason.clone(),
         ip: st.ip,
         labels: st.labels.clone(),
+        next_device: st.next_device,
     };
     let Ok(json) = serde_json::to_vec_pretty(&p) else {
         return;
@@ -406,6 +425,7 @@ impl Vmm {
                     booted_at: None,
                     ip: p.ip,
                     labels: p.labels,
+                    next_device: p.next_device,
                 }),
             });
             self.table().insert(id.clone(), inst.clone());
@@ -454,8 +474,10 @@ impl Vmm {
     async fn cold_boot(&self, id: &VmId, op: VmOp) -> Result<VmStatus, HypervisorError> {
         let (inst, _op) = self.lock(id)?;
         let t = inst.begin(op)?;
-        // A host that cannot run the backend runs nothing: the VM stays as it was.
+        // A host that cannot run the backend runs nothing: the VM stays as it was; nor does
+        // a VM with a device the node no longer offers.
         self.backend.preflight().await?;
+        self.host.admit(&inst.st().spec)?;
         self.set_state(&inst, t.during, None);
         self.launch(&inst, Launch::Boot).await
     }
@@ -482,6 +504,68 @@ impl Vmm {
             }),
         }?;
         Ok(self.set_state(&inst, state, None))
+    }
+}
+
+impl Vmm {
+    /// Adds `device` to the stopped VM `id`'s spec, once the backend said it can attach it,
+    /// and returns its new id. Cold-plug only: a running guest is refused.
+    fn attach(&self, id: &VmId, device: DeviceSpec) -> Result<DeviceId, HypervisorError> {
+        let inst = self.get(id)?;
+        let t = inst.begin(VmOp::ChangeDevices)?;
+        self.backend.check_device(&device)?;
+        // Neither microvm's virtio-mmio nor Firecracker hot-plugs a device.
+        let state = inst.st().state;
+        if inst.st().guest.is_some() {
+            return Err(HypervisorError::ColdPlugOnly {
+                vm: id.clone(),
+                state,
+                backend: self.backend.kind().as_str(),
+            });
+        }
+        // One entropy device, one share per tag, one VM per passed-through PCI device.
+        let clash = |d: &AttachedDevice| match (&d.device, &device) {
+            (DeviceSpec::Rng, DeviceSpec::Rng) => true,
+            (DeviceSpec::Share { tag: a, .. }, DeviceSpec::Share { tag: b, .. }) => a == b,
+            (
+                DeviceSpec::PciPassthrough { address: a },
+                DeviceSpec::PciPassthrough { address: b },
+            ) => a == b,
+            _ => false,
+        };
+        if let Some(d) = inst.st().spec.devices.iter().find(|d| clash(d)) {
+            return Err(HypervisorError::DeviceRefused(format!(
+                "VM {id} already has {} ({})",
+                device.describe(),
+                d.id
+            )));
+        }
+        if matches!(device, DeviceSpec::PciPassthrough { .. }) {
+            let others: Vec<Arc<Instance>> = self
+                .table()
+                .iter()
+                .filter(|(other, _)| *other != id)
+                .map(|(_, i)| i.clone())
+                .collect();
+            if others.iter().any(|i| i.st().spec.devices.iter().any(clash)) {
+                return Err(HypervisorError::DeviceRefused(format!(
+                    "{} is already given to another VM of this node",
+                    device.describe()
+                )));
+            }
+        }
+        let dev_id = {
+            let mut st = inst.st();
+            let dev_id = DeviceId::nth(st.next_device);
+            st.next_device += 1;
+            st.spec.devices.push(AttachedDevice {
+                id: dev_id.clone(),
+                device,
+            });
+            dev_id
+        };
+        self.set_state(&inst, t.after, None);
+        Ok(dev_id)
     }
 }
 
@@ -558,6 +642,7 @@ impl Hypervisor for Vmm {
                         extra_disks: Vec::new(),
                         boot_args,
                         network: network.as_ref().map(|(_, n, _)| n.clone()),
+                        devices: Vec::new(),
                     },
                     state: VmState::Created,
                     reason: None,
@@ -568,6 +653,7 @@ impl Hypervisor for Vmm {
                     booted_at: None,
                     ip: network.map(|(ip, _, _)| ip),
                     labels: req.labels.clone(),
+                    next_device: 0,
                 }),
             });
             table.insert(req.id.clone(), inst.clone());
@@ -792,6 +878,7 @@ impl Hypervisor for Vmm {
         }
         self.backend.preflight().await?;
         let spec = inst.st().spec.clone();
+        self.host.admit(&spec)?;
         Self::copy(&paths.root_disk(), &spec.root_disk)?;
         for (i, d) in spec.extra_disks.iter().enumerate() {
             Self::copy(&paths.dir.join(format!("disk{i}.raw")), &d.path)?;
@@ -866,6 +953,77 @@ impl Hypervisor for Vmm {
             .spec
             .extra_disks
             .push(DiskSpec { path, read_only });
+        Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn add_device(&self, id: &VmId, device: &Device) -> Result<DeviceId, HypervisorError> {
+        let (_inst, _op) = self.lock(id)?;
+        let spec = match device {
+            Device::Rng {} => DeviceSpec::Rng,
+            Device::PciPassthrough { address } => DeviceSpec::PciPassthrough {
+                address: address.clone(),
+            },
+        };
+        if let DeviceSpec::PciPassthrough { address } = &spec {
+            // What the driver cannot do says so first; then the node's offer.
+            self.backend.check_device(&spec)?;
+            self.host.check_passthrough(address)?;
+        }
+        self.attach(id, spec)
+    }
+
+    async fn add_share(
+        &self,
+        id: &VmId,
+        tag: &ShareTag,
+        path: &SharePath,
+        read_only: bool,
+    ) -> Result<DeviceId, HypervisorError> {
+        let (_inst, _op) = self.lock(id)?;
+        // The driver first, so a Firecracker node says it has no such device before it
+        // looks at the path.
+        let probe = DeviceSpec::Share {
+            tag: tag.clone(),
+            path: PathBuf::new(),
+            read_only,
+        };
+        self.backend.check_device(&probe)?;
+        let real = self.host.resolve_share(path)?;
+        self.attach(
+            id,
+            DeviceSpec::Share {
+                tag: tag.clone(),
+                path: real,
+                read_only,
+            },
+        )
+    }
+
+    async fn remove_device(
+        &self,
+        id: &VmId,
+        device: &DeviceId,
+    ) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let t = inst.begin(VmOp::ChangeDevices)?;
+        let state = inst.st().state;
+        if inst.st().guest.is_some() {
+            return Err(HypervisorError::ColdPlugOnly {
+                vm: id.clone(),
+                state,
+                backend: self.backend.kind().as_str(),
+            });
+        }
+        {
+            let mut st = inst.st();
+            let Some(at) = st.spec.devices.iter().position(|d| d.id == *device) else {
+                return Err(HypervisorError::NoDevice {
+                    vm: id.clone(),
+                    device: device.clone(),
+                });
+            };
+            st.spec.devices.remove(at);
+        }
         Ok(self.set_state(&inst, t.after, None))
     }
 }

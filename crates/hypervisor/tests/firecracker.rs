@@ -16,10 +16,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use swagger::Swagger;
 use tempfile::TempDir;
-use vmfleet_core::{VmId, VmResources};
+use vmfleet_core::{DeviceId, PciAddress, ShareTag, VmId, VmResources};
 use vmfleet_hypervisor::{
-    Backend, ConsoleError, DiskSpec, FirecrackerBackend, FirecrackerConfig, Guest, GuestExit,
-    HypervisorError, Launch, NetAttachment, SnapshotPaths, VmSpec,
+    AttachedDevice, Backend, ConsoleError, DeviceSpec, DiskSpec, FirecrackerBackend,
+    FirecrackerConfig, Guest, GuestExit, HypervisorError, Launch, NetAttachment, SnapshotPaths,
+    VmSpec,
 };
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-firecracker");
@@ -57,6 +58,7 @@ impl Fixture {
             extra_disks: vec![],
             boot_args: "console=ttyS0 reboot=k panic=1".into(),
             network: None,
+            devices: Vec::new(),
         };
         let kvm = file("kvm", b"");
         let backend = FirecrackerBackend::new(FirecrackerConfig {
@@ -295,6 +297,10 @@ async fn boot_configures_the_machine_then_starts_it() {
         tap: "tap-vm1".into(),
         mac: "52:54:00:12:34:56".into(),
     });
+    f.spec.devices = vec![AttachedDevice {
+        id: DeviceId::nth(0),
+        device: DeviceSpec::Rng,
+    }];
 
     let guest = f.boot().await;
 
@@ -307,10 +313,12 @@ async fn boot_configures_the_machine_then_starts_it() {
             "PUT /drives/rootfs",
             "PUT /drives/disk1",
             "PUT /network-interfaces/eth0",
+            "PUT /entropy",
             "PUT /balloon",
             "PUT /actions",
         ]
     );
+    assert_eq!(f.body("PUT /entropy"), json!({}));
     assert_eq!(
         f.body("PUT /metrics"),
         json!({"metrics_path": f.str("firecracker.metrics")})
@@ -409,6 +417,41 @@ async fn boot_refuses_what_firecracker_cannot_run() {
         Err(HypervisorError::InvalidSpec(_))
     ));
     // Nothing was started.
+    assert!(!f.path().join("fake-argv.json").exists());
+}
+
+#[tokio::test]
+async fn firecracker_has_an_entropy_device_but_no_pci_and_no_shares() {
+    let mut f = Fixture::new("vm-devices");
+    f.backend.check_device(&DeviceSpec::Rng).unwrap();
+    let share = DeviceSpec::Share {
+        tag: ShareTag::new("data").unwrap(),
+        path: f.path().to_owned(),
+        read_only: true,
+    };
+    let gpu = DeviceSpec::PciPassthrough {
+        address: PciAddress::new("0000:01:00.0").unwrap(),
+    };
+    for (device, why) in [
+        (share, "Firecracker has no shared filesystem device"),
+        (gpu, "Firecracker has no PCI"),
+    ] {
+        match f.backend.check_device(&device) {
+            Err(e @ HypervisorError::Unsupported { .. }) => {
+                assert!(e.to_string().contains(why), "{e}")
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        // A spec that has one anyway (an edited vm.json) does not launch either.
+        f.spec.devices = vec![AttachedDevice {
+            id: DeviceId::nth(0),
+            device,
+        }];
+        assert!(matches!(
+            f.backend.launch(&f.spec, f.path(), Launch::Boot).await,
+            Err(HypervisorError::Unsupported { .. })
+        ));
+    }
     assert!(!f.path().join("fake-argv.json").exists());
 }
 
@@ -713,4 +756,87 @@ async fn adopt_reconnects_to_a_live_process() {
     guest.kill().await.unwrap();
     assert_eq!(ended(guest.as_ref()).await, GuestExit::Shutdown);
     assert!(!pid_alive(pid));
+}
+
+// --- Devices through the Vmm ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn devices_are_cold_plugged_with_ids_never_reused() {
+    use std::sync::Arc;
+    use vmfleet_core::{Device, ImageName, SharePath};
+    use vmfleet_hypervisor::{CreateVm, ErrorClass, HostDevices, Hypervisor, ImageCatalog, Vmm};
+
+    let f = Fixture::new("vm-unused");
+    let catalog = f.path().join("images");
+    std::fs::create_dir_all(&catalog).unwrap();
+    std::fs::write(catalog.join("vmlinux"), b"kernel").unwrap();
+    std::fs::write(catalog.join("rootfs"), b"rootfs").unwrap();
+    let shares = f.path().join("shares");
+    std::fs::create_dir_all(shares.join("data")).unwrap();
+    let gpu = PciAddress::new("0000:01:00.0").unwrap();
+    let vmm = Vmm::new(
+        Arc::new(f.backend.clone()),
+        ImageCatalog::open(&catalog).unwrap(),
+        f.path().join("vms"),
+    )
+    .unwrap()
+    .with_host_devices(HostDevices {
+        share_root: Some(shares),
+        passthrough: vec![gpu.clone()],
+    });
+    let id = VmId::new("vm-dev").unwrap();
+    vmm.create(CreateVm {
+        id: id.clone(),
+        resources: f.spec.resources,
+        kernel: ImageName::new("vmlinux").unwrap(),
+        initrd: None,
+        rootfs: ImageName::new("rootfs").unwrap(),
+        boot_args: None,
+        labels: Default::default(),
+    })
+    .await
+    .unwrap();
+
+    let rng = Device::Rng {};
+    assert_eq!(vmm.add_device(&id, &rng).await.unwrap().as_str(), "dev0");
+    let again = vmm.add_device(&id, &rng).await.unwrap_err();
+    assert_eq!(again.class(), ErrorClass::Conflict, "{again}");
+    // What Firecracker has no device for is 501, saying so.
+    let share = vmm
+        .add_share(
+            &id,
+            &ShareTag::new("data").unwrap(),
+            &SharePath::new("data").unwrap(),
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(share.class(), ErrorClass::Unsupported);
+    assert!(
+        share.to_string().contains("no shared filesystem device"),
+        "{share}"
+    );
+    let pci = vmm
+        .add_device(&id, &Device::PciPassthrough { address: gpu })
+        .await
+        .unwrap_err();
+    assert_eq!(pci.class(), ErrorClass::Unsupported, "{pci}");
+    // Removed, the id is not given again.
+    let dev0 = DeviceId::nth(0);
+    vmm.remove_device(&id, &dev0).await.unwrap();
+    let gone = vmm.remove_device(&id, &dev0).await.unwrap_err();
+    assert_eq!(gone.class(), ErrorClass::NotFound, "{gone}");
+    assert_eq!(vmm.add_device(&id, &rng).await.unwrap().as_str(), "dev1");
+
+    // The entropy device is configured before the boot; a running guest takes no device.
+    vmm.boot(&id).await.unwrap();
+    let vm_dir = f.path().join("vms/vm-dev");
+    let requests = std::fs::read_to_string(vm_dir.join("fake-requests.jsonl")).unwrap();
+    assert!(requests.contains("/entropy"), "{requests}");
+    let running = vmm.add_device(&id, &rng).await.unwrap_err();
+    assert_eq!(running.class(), ErrorClass::Conflict);
+    assert!(running.to_string().contains("cannot hot-plug"), "{running}");
+    let running = vmm.remove_device(&id, &DeviceId::nth(1)).await.unwrap_err();
+    assert!(running.to_string().contains("cannot hot-plug"), "{running}");
+    vmm.delete(&id).await.unwrap();
 }

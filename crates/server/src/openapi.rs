@@ -12,10 +12,11 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 use vmfleet_core::{NodeId, VmId};
 use vmfleet_wire::api::{
-    ActionResponse, AddDiskRequest, ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse,
-    CoredumpResponse, CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest,
-    CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
-    LoginRequest, LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse,
+    ActionResponse, AddDeviceRequest, AddDeviceResponse, AddDiskRequest, AddFsRequest,
+    ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse, CoredumpResponse,
+    CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest, CreateNodeResponse,
+    CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest, LoginRequest,
+    LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest,
     ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
     StopVmRequest, VmInfo, VmRef,
 };
@@ -283,9 +284,30 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     .body(schema::<VmRef>)
     .ok(200, schema::<CoredumpResponse>)
     .errors(VM_ERRORS),
-    op(POST, "/vm/device/add", "Not implemented yet"),
-    op(POST, "/vm/device/remove", "Not implemented yet"),
-    op(POST, "/vm/fs/add", "Not implemented yet"),
+    op(
+        POST,
+        "/vm/device/add",
+        "Add a device to a stopped VM (cold-plug): an entropy device, or a PCI device its node offers for passthrough",
+    )
+    .body(schema::<AddDeviceRequest>)
+    .ok(200, schema::<AddDeviceResponse>)
+    .errors(VM_ERRORS),
+    op(
+        POST,
+        "/vm/device/remove",
+        "Remove a device or shared directory from a stopped VM",
+    )
+    .body(schema::<RemoveDeviceRequest>)
+    .ok(200, schema::<ActionResponse>)
+    .errors(VM_ERRORS),
+    op(
+        POST,
+        "/vm/fs/add",
+        "Share a directory under the node's share root with a stopped VM (virtio-9p)",
+    )
+    .body(schema::<AddFsRequest>)
+    .ok(200, schema::<AddDeviceResponse>)
+    .errors(VM_ERRORS),
     op(POST, "/vm/migrate/to", "Not implemented yet"),
     op(POST, "/vm/migrate/from", "Not implemented yet"),
     op(

@@ -1,9 +1,10 @@
 //! Seed 002's VM endpoints, working through the scheduler, the `/fleet` namespace and the
 //! node's agent: `/vm/create`, `/vm/boot`, `/vm/start`, `/vm/stop` (with `force`),
 //! `/vm/reboot`, `/vm/power-button`, `/vm/delete`, `/vm/info`, `/vm/list`, `/vm/snapshot`,
-//! `/vm/restore`, `/vm/commit`, `/vm/coredump`, `/vm/resize/vcpu`, `/vm/resize/memory`; the
-//! other planned endpoints answer
-//! 501 with what is missing, never a silent success.
+//! `/vm/restore`, `/vm/commit`, `/vm/coredump`, `/vm/resize/vcpu`, `/vm/resize/memory`,
+//! `/vm/disk/add`, `/vm/device/add`, `/vm/device/remove`, `/vm/fs/add` (cold-plug: the VM
+//! stopped); the other planned endpoints answer 501 with what is missing, never a silent
+//! success.
 //!
 //! Ownership: the `owner` of a request must be the caller's wallet (403 otherwise) unless the
 //! caller is admin; another owner's VM is a 404, as if it did not exist; `/vm/list` shows the
@@ -30,9 +31,10 @@ use vmfleet_core::{
 use vmfleet_store::{AuditTarget, NewVm, Resources, Store, VmRecord, WorkloadKind};
 use vmfleet_wire::Success;
 use vmfleet_wire::api::{
-    ActionResponse, AddDiskRequest, CommitRequest, CommitResponse, CoredumpResponse,
-    CreateVmRequest, CreateVmResponse, ListVmsRequest, ResizeMemoryRequest, ResizeVcpuRequest,
-    RestoreRequest, SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo, VmRef,
+    ActionResponse, AddDeviceRequest, AddDeviceResponse, AddDiskRequest, AddFsRequest,
+    CommitRequest, CommitResponse, CoredumpResponse, CreateVmRequest, CreateVmResponse,
+    ListVmsRequest, RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest,
+    SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::fleet::{CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, VmOperation};
 
@@ -421,6 +423,7 @@ fn op_name(op: VmOp) -> &'static str {
         VmOp::Restore => "vm.restore",
         VmOp::Resize => "vm.resize",
         VmOp::AddDisk => "vm.add_disk",
+        VmOp::ChangeDevices => "vm.change_devices",
         VmOp::Delete => "vm.delete",
     }
 }
@@ -786,6 +789,93 @@ pub(crate) async fn add_disk(
     Ok(Json(ActionResponse::new(
         "disk added: the guest sees it from its next boot",
     )))
+}
+
+/// `POST /vm/device/add`: a device for a stopped VM, cold-plugged (409 while it runs: no
+/// driver hot-plugs one; 409 for a PCI device its node does not offer; 501 for what its
+/// driver has no such device for). The answer names the device's id.
+pub(crate) async fn add_device(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<AddDeviceRequest>,
+) -> Result<Json<AddDeviceResponse>, ApiError> {
+    let what = req.device.describe();
+    let op = VmOperation::AddDevice { device: req.device };
+    let reply = on_node(
+        &state,
+        &token,
+        &req.build_id,
+        &req.owner,
+        "vm.add_device",
+        op,
+    )
+    .await?;
+    added(
+        reply,
+        format!("{what} added: the guest sees it from its next boot"),
+    )
+}
+
+/// `POST /vm/fs/add`: a directory under the node's share root shared with a stopped VM over
+/// virtio-9p, mounted in the guest by its tag (409 while it runs, or when the node offers no
+/// shares; 400 for a path that leaves the root or is no directory; 501 on Firecracker).
+pub(crate) async fn add_fs(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<AddFsRequest>,
+) -> Result<Json<AddDeviceResponse>, ApiError> {
+    let message = format!(
+        "directory shared: the guest mounts it from its next boot with \
+         mount -t 9p -o trans=virtio {} DIR",
+        req.tag
+    );
+    let op = VmOperation::AddFs {
+        tag: req.tag,
+        path: req.path,
+        read_only: req.read_only,
+    };
+    let reply = on_node(&state, &token, &req.build_id, &req.owner, "vm.add_fs", op).await?;
+    added(reply, message)
+}
+
+/// The answer to an added device: the id its node gave it.
+fn added(reply: VmCommandReply, message: String) -> Result<Json<AddDeviceResponse>, ApiError> {
+    let id = reply
+        .artifact
+        .as_deref()
+        .map(vmfleet_core::DeviceId::new)
+        .transpose()
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .ok_or_else(|| ApiError::Internal("the node did not name the new device".into()))?;
+    Ok(Json(AddDeviceResponse {
+        success: Success,
+        id,
+        message,
+    }))
+}
+
+/// `POST /vm/device/remove`: a device or share taken off a stopped VM (404 for an id the VM
+/// does not have, 409 while it runs).
+pub(crate) async fn remove_device(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<RemoveDeviceRequest>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let message = format!(
+        "device {} removed: the guest is without it from its next boot",
+        req.id
+    );
+    let op = VmOperation::RemoveDevice { id: req.id };
+    on_node(
+        &state,
+        &token,
+        &req.build_id,
+        &req.owner,
+        "vm.remove_device",
+        op,
+    )
+    .await?;
+    Ok(Json(ActionResponse::new(message)))
 }
 
 /// The planned endpoints no node can do yet: 501, saying so.

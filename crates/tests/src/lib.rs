@@ -430,6 +430,24 @@ pub async fn plane_with_local_node(
     plane_with_local_node_ws(dir, Default::default()).await
 }
 
+/// [`plane_with_local_node`] whose node offers its VMs `host` (shared directories, PCI
+/// devices).
+pub async fn plane_with_local_node_offering(
+    dir: &Path,
+    host: vmfleet_hypervisor::HostDevices,
+) -> (
+    vmfleet_cli::ControlPlane,
+    vmfleet_cli::local::LocalAgent,
+    String,
+    String,
+) {
+    local_node(
+        plane_with(dir, Default::default(), Default::default()).await,
+        host,
+    )
+    .await
+}
+
 /// [`plane_with_local_node`] with the WebSocket API's limits set to `ws`.
 pub async fn plane_with_local_node_ws(
     dir: &Path,
@@ -440,8 +458,24 @@ pub async fn plane_with_local_node_ws(
     String,
     String,
 ) {
-    let plane = plane_with(dir, Default::default(), ws).await;
-    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap())
+    local_node(
+        plane_with(dir, Default::default(), ws).await,
+        Default::default(),
+    )
+    .await
+}
+
+/// Starts `plane`'s local node, offering `host`, and waits until it is online with room.
+async fn local_node(
+    plane: vmfleet_cli::ControlPlane,
+    host: vmfleet_hypervisor::HostDevices,
+) -> (
+    vmfleet_cli::ControlPlane,
+    vmfleet_cli::local::LocalAgent,
+    String,
+    String,
+) {
+    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap(), host)
         .await
         .unwrap();
     let base = format!("http://{}", plane.addr());

@@ -58,6 +58,7 @@ async fn a_guest_outlives_its_killed_owner_and_is_readopted() {
         extra_disks: vec![],
         boot_args: vmfleet_hypervisor::DEFAULT_BOOT_ARGS.into(),
         network: None,
+        devices: Vec::new(),
     };
     let backend = Arc::new(QemuBackend::new(QemuConfig {
         accel: Accel::Tcg,

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use vmfleet_auth::Permission;
 use vmfleet_core::{
-    ApiTokenId, ChecksumAddress, ImageName, NodeId, SnapshotId, VmId, VmName, VmResources, VmState,
-    WalletAddress,
+    ApiTokenId, ChecksumAddress, Device, DeviceId, ImageName, NodeId, SharePath, ShareTag,
+    SnapshotId, VmId, VmName, VmResources, VmState, WalletAddress,
 };
 
 use crate::flag::Success;
@@ -273,6 +273,52 @@ pub struct AddDiskRequest {
     pub size_gb: u64,
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// `POST /vm/device/add`: a device for a stopped VM (cold-plug), e.g.
+/// `{"kind": "rng"}` or `{"kind": "pci-passthrough", "address": "0000:01:00.0"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddDeviceRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub device: Device,
+}
+
+/// `POST /vm/fs/add`: directory `path` (relative to the node's share root) shared with the
+/// stopped VM, mounted in the guest by `tag` (`mount -t 9p -o trans=virtio TAG DIR`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddFsRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub tag: ShareTag,
+    pub path: SharePath,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The answer to `/vm/device/add` and `/vm/fs/add`: the id the new device got on the VM
+/// (`dev0`, `dev1`, ...), which `/vm/device/remove` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddDeviceResponse {
+    pub success: Success<true>,
+    pub id: DeviceId,
+    pub message: String,
+}
+
+/// `POST /vm/device/remove`: device (or share) `id` taken off the stopped VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RemoveDeviceRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub id: DeviceId,
 }
 
 /// The body of every error: `success: false`, a sentence, and a machine-readable code.

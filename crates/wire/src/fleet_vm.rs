@@ -21,7 +21,9 @@ use std::net::IpAddr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use vmfleet_core::{ImageName, RequestId, SnapshotId, VmId, VmState};
+use vmfleet_core::{
+    Device, DeviceId, ImageName, RequestId, SharePath, ShareTag, SnapshotId, VmId, VmState,
+};
 
 /// `vm_command`: run one operation on a VM of this node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,22 @@ pub enum VmOperation {
         #[serde(default)]
         read_only: bool,
     },
+    /// Adds a device to the stopped VM (cold-plug); `artifact` of the reply: its id.
+    AddDevice {
+        device: Device,
+    },
+    /// Shares directory `path` of the node's share root with the stopped VM as `tag`;
+    /// `artifact` of the reply: the share's device id.
+    AddFs {
+        tag: ShareTag,
+        path: SharePath,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Removes a device or share from the stopped VM.
+    RemoveDevice {
+        id: DeviceId,
+    },
     /// Stops the VM if it runs and removes it and its files.
     Delete,
     /// Writes the running guest's memory to a core file on the node (`artifact`: its path).
@@ -109,6 +127,9 @@ impl VmOperation {
             VmOperation::ResizeVcpu { .. } => "resize_vcpu",
             VmOperation::ResizeMemory { .. } => "resize_memory",
             VmOperation::AddDisk { .. } => "add_disk",
+            VmOperation::AddDevice { .. } => "add_device",
+            VmOperation::AddFs { .. } => "add_fs",
+            VmOperation::RemoveDevice { .. } => "remove_device",
             VmOperation::Delete => "delete",
             VmOperation::Coredump => "coredump",
             VmOperation::Commit { .. } => "commit",
@@ -316,7 +337,20 @@ mod tests {
             "op": {"resize_memory": {"memSizeMib": 512}}});
         let r: VmCommand = serde_json::from_value(resize.clone()).unwrap();
         assert_eq!(serde_json::to_value(&r).unwrap(), resize);
+        for op in [
+            json!({"add_device": {"device": {"kind": "rng"}}}),
+            json!({"add_device": {"device": {"kind": "pci-passthrough", "address": "0000:01:00.0"}}}),
+            json!({"add_fs": {"tag": "data", "path": "a/b", "readOnly": true}}),
+            json!({"remove_device": {"id": "dev0"}}),
+        ] {
+            let cmd = json!({"requestId": "r4", "vmId": "vm-1", "op": op});
+            let c: VmCommand = serde_json::from_value(cmd.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&c).unwrap(), cmd);
+        }
         for bad in [
+            json!({"requestId": "r", "vmId": "vm-1", "op": {"add_fs": {"tag": "d", "path": "../x"}}}),
+            json!({"requestId": "r", "vmId": "vm-1", "op": {"add_fs": {"tag": "d d", "path": "x"}}}),
+            json!({"requestId": "r", "vmId": "vm-1", "op": {"add_device": {"device": {"kind": "usb"}}}}),
             json!({"requestId": "r", "vmId": "vm-1", "op": "explode"}),
             json!({"requestId": "r", "vmId": "../x", "op": "boot"}),
             json!({"requestId": "r", "vmId": "vm-1", "op": "boot", "extra": 1}),

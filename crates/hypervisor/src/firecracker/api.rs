@@ -317,6 +317,10 @@ pub struct Balloon {
     pub stats_polling_interval_s: u64,
 }
 
+/// `EntropyDevice` (configured before boot; no rate limiter).
+#[derive(Debug, Serialize)]
+pub struct EntropyDevice {}
+
 /// `BalloonUpdate` (after boot).
 #[derive(Debug, Serialize)]
 pub struct BalloonUpdate {

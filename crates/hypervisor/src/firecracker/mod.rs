@@ -42,15 +42,15 @@ use vmfleet_core::VmId;
 
 pub use api::ApiError;
 use api::{
-    Action, ActionType, ApiClient, Balloon, BootSource, Drive, InstanceInfo, MachineConfig,
-    MemoryBackend, MemoryBackendType, NetworkInterface, SnapshotLoad,
+    Action, ActionType, ApiClient, Balloon, BootSource, Drive, EntropyDevice, InstanceInfo,
+    MachineConfig, MemoryBackend, MemoryBackendType, NetworkInterface, SnapshotLoad,
 };
 pub use guest::FirecrackerGuest;
 use metrics::CpuSampler;
 use process::Files;
 
 use crate::HypervisorError;
-use crate::backend::{Backend, BackendKind, Guest, Launch, VmSpec};
+use crate::backend::{Backend, BackendKind, DeviceSpec, Guest, Launch, VmSpec};
 use crate::console::Console;
 
 /// Firecracker refuses more vCPUs than this (`MachineConfiguration.vcpu_count`).
@@ -212,6 +212,9 @@ impl FirecrackerBackend {
             )
             .await?;
         }
+        if spec.devices.iter().any(|d| d.device == DeviceSpec::Rng) {
+            api.put("/entropy", &EntropyDevice {}).await?;
+        }
         if self.config.balloon {
             api.put(
                 "/balloon",
@@ -282,9 +285,28 @@ fn utf8(path: &Path) -> Result<&str, HypervisorError> {
     })
 }
 
+/// The devices Firecracker has: an entropy device (`/entropy`), no PCI and no shared file
+/// system.
+fn firecracker_can(device: &DeviceSpec) -> Result<(), HypervisorError> {
+    let op = match device {
+        DeviceSpec::Rng => return Ok(()),
+        DeviceSpec::PciPassthrough { .. } => "pass a PCI device through (Firecracker has no PCI)",
+        DeviceSpec::Share { .. } => {
+            "share a host directory (Firecracker has no shared filesystem device)"
+        }
+    };
+    Err(HypervisorError::Unsupported {
+        backend: BackendKind::Firecracker.as_str(),
+        op,
+    })
+}
+
 /// What `launch` refuses before starting anything.
 fn check_spec(spec: &VmSpec, dir: &Path, how: &Launch) -> Result<(), HypervisorError> {
     spec.resources.validate()?;
+    for d in &spec.devices {
+        firecracker_can(&d.device)?;
+    }
     if spec.resources.vcpu_count > MAX_VCPUS {
         return Err(HypervisorError::InvalidSpec(format!(
             "Firecracker runs at most {MAX_VCPUS} vCPUs, not {}",
@@ -330,6 +352,10 @@ fn check_spec(spec: &VmSpec, dir: &Path, how: &Launch) -> Result<(), HypervisorE
 impl Backend for FirecrackerBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Firecracker
+    }
+
+    fn check_device(&self, device: &DeviceSpec) -> Result<(), HypervisorError> {
+        firecracker_can(device)
     }
 
     async fn preflight(&self) -> Result<(), HypervisorError> {

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::HypervisorError;
 use crate::backend::{
-    Backend, BackendKind, Guest, GuestExit, GuestMetrics, Launch, SnapshotPaths, VmSpec,
+    Backend, BackendKind, DeviceSpec, Guest, GuestExit, GuestMetrics, Launch, SnapshotPaths, VmSpec,
 };
 use crate::console::Console;
 use crate::proc::{self, CpuSampler};
@@ -127,11 +127,19 @@ impl QemuBackend {
             _ => ("tcg", "max"),
         };
         let p = |name: &str| dir.join(name).display().to_string();
+        // A passed-through PCI device needs microvm's PCIe host bridge (off by default).
+        let pcie = spec
+            .devices
+            .iter()
+            .any(|d| matches!(d.device, DeviceSpec::PciPassthrough { .. }));
         let mut a: Vec<String> = vec![
             "-name".into(),
             format!("vmfleet-{}", spec.id),
             "-M".into(),
-            format!("microvm,accel={accel},acpi=on"),
+            format!(
+                "microvm,accel={accel},acpi=on{}",
+                if pcie { ",pcie=on" } else { "" }
+            ),
             "-cpu".into(),
             cpu.into(),
             "-smp".into(),
@@ -196,6 +204,9 @@ impl QemuBackend {
                 "-device".into(),
                 "virtio-net-device,netdev=net0".into(),
             ]);
+        }
+        for d in &spec.devices {
+            a.extend(device_args(&d.id, &d.device));
         }
         if let Launch::Restore(snap) = how {
             a.extend([
@@ -312,6 +323,45 @@ fn host_tsc_khz() -> Option<u64> {
     (khz >= 1.0).then_some(khz as u64)
 }
 
+/// The QEMU arguments of one added device, its QEMU id the device's own (`dev0`).
+fn device_args(id: &vmfleet_core::DeviceId, device: &DeviceSpec) -> Vec<String> {
+    match device {
+        DeviceSpec::Rng => vec![
+            "-object".into(),
+            format!("rng-random,id=rng-{id},filename=/dev/urandom"),
+            "-device".into(),
+            format!("virtio-rng-device,id={id},rng=rng-{id}"),
+        ],
+        DeviceSpec::PciPassthrough { address } => {
+            vec!["-device".into(), format!("vfio-pci,id={id},host={address}")]
+        }
+        // Read-only: the host's files as they are (`none`). Writable: `mapped-xattr`, so
+        // that what the guest's root creates lands as plain files of QEMU's user (mode
+        // 0600/0700, the guest's owner and mode kept in xattrs), never a set-uid file or a
+        // device node on the host.
+        DeviceSpec::Share {
+            tag,
+            path,
+            read_only,
+        } => vec![
+            "-fsdev".into(),
+            format!(
+                "local,id=fs-{id},path={},security_model={}{}",
+                qemu_escape(&path.display().to_string()),
+                if *read_only { "none" } else { "mapped-xattr" },
+                if *read_only { ",readonly=on" } else { "" }
+            ),
+            "-device".into(),
+            format!("virtio-9p-device,id={id},fsdev=fs-{id},mount_tag={tag}"),
+        ],
+    }
+}
+
+/// A value inside a QEMU option list: commas doubled.
+fn qemu_escape(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
 fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
@@ -320,6 +370,16 @@ fn shell_quote(p: &Path) -> String {
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
+    }
+
+    /// microvm takes virtio-rng and virtio-9p on virtio-mmio, and VFIO PCI devices on its
+    /// PCIe host bridge (`pcie=on`).
+    fn check_device(&self, device: &DeviceSpec) -> Result<(), HypervisorError> {
+        match device {
+            DeviceSpec::Rng | DeviceSpec::PciPassthrough { .. } | DeviceSpec::Share { .. } => {
+                Ok(())
+            }
+        }
     }
 
     async fn preflight(&self) -> Result<(), HypervisorError> {
@@ -802,5 +862,118 @@ impl Guest for QemuGuest {
             .execute("balloon", json!({ "value": mib << 20 }))
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use vmfleet_core::{DeviceId, PciAddress, ShareTag, VmId, VmResources};
+
+    use super::*;
+    use crate::backend::AttachedDevice;
+
+    fn spec(devices: Vec<(u32, DeviceSpec)>) -> VmSpec {
+        VmSpec {
+            id: VmId::new("vm-1").unwrap(),
+            resources: VmResources {
+                vcpu_count: 1,
+                mem_size_mib: 256,
+                disk_size: 1,
+            },
+            kernel: PathBuf::from("/img/vmlinux.bin"),
+            initrd: None,
+            root_disk: PathBuf::from("/vms/vm-1/root.disk"),
+            extra_disks: Vec::new(),
+            boot_args: "console=ttyS0".into(),
+            network: None,
+            devices: devices
+                .into_iter()
+                .map(|(n, device)| AttachedDevice {
+                    id: DeviceId::nth(n),
+                    device,
+                })
+                .collect(),
+        }
+    }
+
+    fn line(spec: &VmSpec) -> String {
+        QemuBackend::new(QemuConfig::default())
+            .command_line_with(spec, Path::new("/vms/vm-1"), &Launch::Boot, Accel::Tcg)
+            .join(" ")
+    }
+
+    #[test]
+    fn no_devices_no_pcie() {
+        let l = line(&spec(Vec::new()));
+        assert!(l.contains("-M microvm,accel=tcg,acpi=on "), "{l}");
+        assert!(
+            !l.contains("pcie") && !l.contains("9p") && !l.contains("rng"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn an_entropy_device_on_virtio_mmio() {
+        let l = line(&spec(vec![(0, DeviceSpec::Rng)]));
+        assert!(
+            l.contains(
+                "-object rng-random,id=rng-dev0,filename=/dev/urandom \
+                 -device virtio-rng-device,id=dev0,rng=rng-dev0"
+            ),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn a_pci_device_through_vfio_on_the_pcie_bridge() {
+        let address = PciAddress::new("0000:01:00.0").unwrap();
+        let l = line(&spec(vec![(3, DeviceSpec::PciPassthrough { address })]));
+        assert!(l.contains("-M microvm,accel=tcg,acpi=on,pcie=on "), "{l}");
+        assert!(
+            l.contains("-device vfio-pci,id=dev3,host=0000:01:00.0"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn shares_over_virtio_9p() {
+        let ro = DeviceSpec::Share {
+            tag: ShareTag::new("data").unwrap(),
+            path: PathBuf::from("/srv/shares/a,b"),
+            read_only: true,
+        };
+        let rw = DeviceSpec::Share {
+            tag: ShareTag::new("scratch").unwrap(),
+            path: PathBuf::from("/srv/shares/rw"),
+            read_only: false,
+        };
+        let l = line(&spec(vec![(0, ro), (1, rw)]));
+        assert!(
+            l.contains(
+                "-fsdev local,id=fs-dev0,path=/srv/shares/a,,b,security_model=none,readonly=on \
+                 -device virtio-9p-device,id=dev0,fsdev=fs-dev0,mount_tag=data"
+            ),
+            "{l}"
+        );
+        assert!(
+            l.contains(
+                "-fsdev local,id=fs-dev1,path=/srv/shares/rw,security_model=mapped-xattr \
+                 -device virtio-9p-device,id=dev1,fsdev=fs-dev1,mount_tag=scratch"
+            ),
+            "{l}"
+        );
+        assert!(!l.contains("pcie"), "{l}");
+    }
+
+    #[test]
+    fn qemu_takes_every_device() {
+        let b = QemuBackend::new(QemuConfig::default());
+        b.check_device(&DeviceSpec::Rng).unwrap();
+        b.check_device(&DeviceSpec::PciPassthrough {
+            address: PciAddress::new("0000:01:00.0").unwrap(),
+        })
+        .unwrap();
     }
 }

@@ -323,7 +323,8 @@ fn handle(fake: &Fake, method: &str, path: &str, body: &Value) -> (Reply, After)
         (
             "PUT",
             [
-                "machine-config" | "boot-source" | "drives" | "network-interfaces" | "balloon",
+                "machine-config" | "boot-source" | "drives" | "network-interfaces" | "balloon"
+                | "entropy",
                 ..,
             ],
         ) => {
