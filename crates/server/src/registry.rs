@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -55,16 +55,19 @@ pub const HEARTBEAT_FLUSH: Duration = crate::fleet::HEARTBEAT_PERIOD;
 /// does not wait for it: the namespace tracks when each node was last heard from in memory.
 /// The first heartbeat of a connection and a changed capacity are written at once (the
 /// scheduler places by them).
+/// An accepted heartbeat: when it arrived and its metrics as JSON text.
+type Pending = (SystemTime, Box<serde_json::value::RawValue>);
+
 #[derive(Default)]
 struct Heartbeats {
-    pending: Mutex<HashMap<NodeId, (Timestamp, serde_json::Value)>>,
+    pending: Mutex<HashMap<NodeId, Pending>>,
     capacity: Mutex<HashMap<NodeId, vmfleet_store::Resources>>,
     /// Nodes connected since their last written heartbeat.
     fresh: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 impl Heartbeats {
-    fn pending(&self) -> MutexGuard<'_, HashMap<NodeId, (Timestamp, serde_json::Value)>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<NodeId, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -213,11 +216,12 @@ impl NodeRegistry for StoreRegistry {
 
     async fn node_offline(&self, node: &NodeId) {
         self.status(node, NodeStatus::Offline).await;
-        let unwritten = self
-            .heartbeats
-            .pending()
-            .get(node)
-            .map(|(at, _)| at.clone());
+        let unwritten = self.heartbeats.pending().get(node).map(|(at, _)| {
+            let millis = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            Timestamp::from_unix_millis(millis as i64)
+        });
         let since = match (unwritten, self.store.get_node(node).await) {
             (Some(at), _) => at,
             (None, Ok(n)) => n.last_heartbeat.unwrap_or_else(Timestamp::now),
@@ -248,29 +252,31 @@ impl NodeRegistry for StoreRegistry {
     }
 
     async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String> {
-        let metrics = serde_json::to_value(&hb.metrics).map_err(|e| e.to_string())?;
         let cap = hb.capacity.map(|c| vmfleet_store::Resources {
             vcpus: c.vcpus,
             memory_mib: c.memory_mb,
             disk_gib: c.disk_gb,
             gpus: c.gpus,
         });
-        let now = Timestamp::now();
         let new_capacity = cap.filter(|c| self.heartbeats.capacity().get(node) != Some(c));
         let first = self.heartbeats.fresh().remove(node);
         if first || new_capacity.is_some() {
+            let metrics = serde_json::to_value(&hb.metrics).map_err(|e| e.to_string())?;
             self.heartbeats.pending().remove(node);
             self.store
-                .record_heartbeat(node, &now, &metrics, new_capacity)
+                .record_heartbeat(node, &Timestamp::now(), &metrics, new_capacity)
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(c) = new_capacity {
                 self.heartbeats.capacity().insert(node.clone(), c);
             }
         } else {
+            // The common case: kept as JSON text until the next flush.
+            let metrics =
+                serde_json::value::to_raw_value(&hb.metrics).map_err(|e| e.to_string())?;
             self.heartbeats
                 .pending()
-                .insert(node.clone(), (now, metrics));
+                .insert(node.clone(), (SystemTime::now(), metrics));
         }
         if hb.status == fleet::NodeStatus::Maintenance {
             let _ = self

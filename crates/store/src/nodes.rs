@@ -153,13 +153,17 @@ impl Store {
         Ok(())
     }
 
-    /// Records many nodes' heartbeats (time and metrics, as [`Store::record_heartbeat`]
-    /// without capacity) in one transaction: what a busy control plane writes every second
-    /// instead of one transaction per heartbeat. Nodes that no longer exist are skipped;
+    /// Records many nodes' heartbeats (when each arrived and its metrics as JSON text, as
+    /// [`Store::record_heartbeat`] without capacity) in one transaction: what a busy control
+    /// plane writes once per heartbeat period instead of one transaction per heartbeat. Nodes that no longer exist are skipped;
     /// returns how many were recorded.
     pub async fn record_heartbeats(
         &self,
-        beats: &[(NodeId, Timestamp, serde_json::Value)],
+        beats: &[(
+            NodeId,
+            std::time::SystemTime,
+            Box<serde_json::value::RawValue>,
+        )],
     ) -> Result<u64> {
         /// Rows per statement: three parameters each, well under both databases' limits.
         const ROWS: usize = 100;
@@ -180,10 +184,13 @@ impl Store {
             );
             let mut query = sqlx::query(&sql);
             for (id, at, metrics) in chunk {
+                let at = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
                 query = query
                     .bind(id.as_str())
-                    .bind(at.unix_millis())
-                    .bind(metrics.to_string());
+                    .bind(at)
+                    .bind(metrics.get().to_owned());
             }
             recorded += query.execute(&mut *tx).await?.rows_affected();
         }

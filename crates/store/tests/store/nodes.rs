@@ -23,20 +23,22 @@ async fn heartbeats_are_written_in_batches(db: &TestDb) {
     }
     assert_eq!(s.record_heartbeats(&[]).await.unwrap(), 0);
     let at = Timestamp::from_unix_millis(1_700_000_000_000);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_000);
+    let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).unwrap();
     let mut beats: Vec<_> = nodes
         .iter()
         .enumerate()
         .map(|(i, id)| {
             (
                 id.clone(),
-                at.clone(),
-                serde_json::json!({ "cpuUsagePercent": i }),
+                when,
+                raw(serde_json::json!({ "cpuUsagePercent": i })),
             )
         })
         .collect();
     // Nodes removed meanwhile are skipped, not an error for the others; enough of them that
     // the batch takes more than one statement.
-    let ghosts = (0..700).map(|_| (NodeId::generate(), at.clone(), serde_json::json!({})));
+    let ghosts = (0..700).map(|_| (NodeId::generate(), when, raw(serde_json::json!({}))));
     let mut all: Vec<_> = ghosts.collect();
     all.append(&mut beats);
     assert_eq!(s.record_heartbeats(&all).await.unwrap(), 50);
