@@ -13,7 +13,7 @@ mod time;
 pub use address::{AddressError, ChecksumAddress, WalletAddress};
 pub use ids::{
     ApiTokenId, BuyerId, ContainerId, GpuIndex, IdError, IdErrorReason, ImageName, ImageRef, JobId,
-    NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
+    MigrationId, NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
 };
 pub use resources::{ResourceError, VmResources};
 pub use size::{ByteSize, SizeError};

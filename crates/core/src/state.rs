@@ -27,10 +27,13 @@ pub enum VmState {
     Deleted,
     /// The node that runs the VM is unreachable; the last known state is not trusted.
     Unknown,
+    /// Moving to another node (cold migration): a running guest is paused on its node until
+    /// the copy runs on the target. The control plane's state only; no node reports it.
+    Migrating,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 9] = [
+    pub const ALL: [VmState; 10] = [
         VmState::Created,
         VmState::Booting,
         VmState::Running,
@@ -40,6 +43,7 @@ impl VmState {
         VmState::Error,
         VmState::Deleted,
         VmState::Unknown,
+        VmState::Migrating,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl VmState {
             VmState::Error => "error",
             VmState::Deleted => "deleted",
             VmState::Unknown => "unknown",
+            VmState::Migrating => "migrating",
         }
     }
 
@@ -83,7 +88,8 @@ impl VmState {
             (Snapshot, Running | Paused) => t(self, self),
             (Restore, Created | Stopped | Error) => t(Booting, Running),
             (Resize | AddDisk, Created | Running | Paused | Stopped) => t(self, self),
-            (Delete, s) if s != Deleted => t(s, Deleted),
+            (Migrate, Running | Paused | Stopped) => t(Migrating, self),
+            (Delete, s) if s != Deleted && s != Migrating => t(s, Deleted),
             (op, state) => Err(InvalidTransition { op, state }),
         }
     }
@@ -124,10 +130,12 @@ pub enum VmOp {
     Resize,
     AddDisk,
     Delete,
+    /// Cold migration to another node.
+    Migrate,
 }
 
 impl VmOp {
-    pub const ALL: [VmOp; 13] = [
+    pub const ALL: [VmOp; 14] = [
         VmOp::Boot,
         VmOp::Start,
         VmOp::Stop,
@@ -141,6 +149,7 @@ impl VmOp {
         VmOp::Resize,
         VmOp::AddDisk,
         VmOp::Delete,
+        VmOp::Migrate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -158,6 +167,7 @@ impl VmOp {
             VmOp::Resize => "resize",
             VmOp::AddDisk => "add a disk to",
             VmOp::Delete => "delete",
+            VmOp::Migrate => "migrate",
         }
     }
 }
@@ -235,6 +245,20 @@ mod tests {
                     assert_ne!(t.during, Deleted);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_migration_starts_from_a_settled_state_and_blocks_the_others() {
+        for s in [Running, Paused, Stopped] {
+            let t = s.begin(Migrate).unwrap();
+            assert_eq!((t.during, t.after), (Migrating, s));
+        }
+        for s in [Created, Booting, Stopping, Error, Unknown, Migrating, Deleted] {
+            assert!(s.begin(Migrate).is_err(), "{s:?}");
+        }
+        for op in VmOp::ALL {
+            assert!(Migrating.begin(op).is_err(), "{op:?} while migrating");
         }
     }
 

@@ -17,6 +17,7 @@ pub mod containers;
 mod error;
 mod flag;
 pub mod fleet;
+mod migration;
 mod fleet_vm;
 pub mod node;
 pub mod ws;
