@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 use vmfleet_core::{NodeId, VmId};
 use vmfleet_wire::api::{
-    ActionResponse, AddDiskRequest, ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse,
+    ActionResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse, MigrationTicket, AddDiskRequest, ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse,
     CoredumpResponse, CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest,
     CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
     LoginRequest, LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse,
@@ -286,8 +286,22 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op(POST, "/vm/device/add", "Not implemented yet"),
     op(POST, "/vm/device/remove", "Not implemented yet"),
     op(POST, "/vm/fs/add", "Not implemented yet"),
-    op(POST, "/vm/migrate/to", "Not implemented yet"),
-    op(POST, "/vm/migrate/from", "Not implemented yet"),
+    op(
+        POST,
+        "/vm/migrate/to",
+        "Migrate a VM to another node (cold: snapshot, transfer, restore); answers at once with state migrating",
+    )
+    .body(schema::<MigrateToRequest>)
+    .ok(200, schema::<MigrateToResponse>)
+    .errors(VM_ERRORS),
+    op(
+        POST,
+        "/vm/migrate/from",
+        "Reserve room on a target node for a VM to migrate there: a ticket for /vm/migrate/to",
+    )
+    .body(schema::<MigrateFromRequest>)
+    .ok(200, schema::<MigrationTicket>)
+    .errors(VM_ERRORS),
     op(
         POST,
         "/nodes",

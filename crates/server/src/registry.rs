@@ -401,6 +401,11 @@ impl NodeRegistry for StoreRegistry {
         if vm.state == VmState::Deleted {
             return Ok(());
         }
+        if vm.state == VmState::Migrating {
+            // The migration owns the VM's state until it ends (its source pauses and resumes
+            // the guest on the way); it records the outcome itself.
+            return Ok(());
+        }
         // A VM's run is a rental: it starts when the guest runs and ends when it stops. Who
         // waits on the run hears of it once the state is recorded.
         let confirm = if report.state == VmState::Running {

@@ -1,8 +1,8 @@
 //! Seed 002's VM endpoints, working through the scheduler, the `/fleet` namespace and the
 //! node's agent: `/vm/create`, `/vm/boot`, `/vm/start`, `/vm/stop` (with `force`),
 //! `/vm/reboot`, `/vm/power-button`, `/vm/delete`, `/vm/info`, `/vm/list`, `/vm/snapshot`,
-//! `/vm/restore`, `/vm/commit`, `/vm/coredump`, `/vm/resize/vcpu`, `/vm/resize/memory`; the
-//! other planned endpoints answer
+//! `/vm/restore`, `/vm/commit`, `/vm/coredump`, `/vm/resize/vcpu`, `/vm/resize/memory`
+//! (`/vm/migrate/*` live in [`crate::migrate`]); the other planned endpoints answer
 //! 501 with what is missing, never a silent success.
 //!
 //! Ownership: the `owner` of a request must be the caller's wallet (403 otherwise) unless the
@@ -75,7 +75,7 @@ impl InFlight {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn hold(&self, vm: &VmId) -> Result<Hold, ApiError> {
+    pub(crate) fn hold(&self, vm: &VmId) -> Result<Hold, ApiError> {
         if self.lock().insert(vm.clone()) {
             Ok(Hold {
                 set: self.clone(),
@@ -90,7 +90,7 @@ impl InFlight {
 }
 
 /// The caller may act for `owner` with `perm`: its own wallet, or any as admin.
-fn authorize(
+pub(crate) fn authorize(
     token: &VerifiedToken,
     owner: &WalletAddress,
     perm: Permission,
@@ -159,11 +159,13 @@ pub(crate) fn info(vm: &VmRecord) -> VmInfo {
         ip_address: vm.ip,
         created_at: vm.created_at.unix_seconds(),
         updated_at: vm.updated_at.unix_seconds(),
+        node: vm.node.clone(),
+        message: vm.state_reason.clone(),
     }
 }
 
 /// A node's refusal as the REST API says it.
-fn refusal(reply: &VmCommandReply) -> ApiError {
+pub(crate) fn refusal(reply: &VmCommandReply) -> ApiError {
     let message = reply
         .message
         .clone()
@@ -422,6 +424,7 @@ fn op_name(op: VmOp) -> &'static str {
         VmOp::Resize => "vm.resize",
         VmOp::AddDisk => "vm.add_disk",
         VmOp::Delete => "vm.delete",
+        VmOp::Migrate => "vm.migrate",
     }
 }
 
