@@ -254,7 +254,9 @@ mod tests {
             let t = s.begin(Migrate).unwrap();
             assert_eq!((t.during, t.after), (Migrating, s));
         }
-        for s in [Created, Booting, Stopping, Error, Unknown, Migrating, Deleted] {
+        for s in [
+            Created, Booting, Stopping, Error, Unknown, Migrating, Deleted,
+        ] {
             assert!(s.begin(Migrate).is_err(), "{s:?}");
         }
         for op in VmOp::ALL {

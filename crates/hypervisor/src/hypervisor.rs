@@ -154,7 +154,11 @@ pub trait Hypervisor: Send + Sync {
 
     /// Undoes [`Hypervisor::export_files`]: the snapshot removed, the guest resumed if it
     /// ran before.
-    async fn abort_export(&self, id: &VmId, snap: &SnapshotId) -> Result<VmStatus, HypervisorError> {
+    async fn abort_export(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<VmStatus, HypervisorError> {
         let _ = (id, snap);
         Err(self.unsupported("migrate a VM"))
     }

@@ -1062,8 +1062,7 @@ impl Hypervisor for Vmm {
                             "VM {id} already has a snapshot {snap}"
                         )));
                     }
-                    std::fs::create_dir_all(&paths.dir)
-                        .map_err(HypervisorError::io(&paths.dir))?;
+                    std::fs::create_dir_all(&paths.dir).map_err(HypervisorError::io(&paths.dir))?;
                     if was_running {
                         guest.pause().await?;
                         self.set_state(&inst, VmState::Paused, None);
@@ -1112,7 +1111,11 @@ impl Hypervisor for Vmm {
         })
     }
 
-    async fn abort_export(&self, id: &VmId, snap: &SnapshotId) -> Result<VmStatus, HypervisorError> {
+    async fn abort_export(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<VmStatus, HypervisorError> {
         let (inst, _op) = self.lock(id)?;
         let export = {
             let mut st = inst.st();
@@ -1188,14 +1191,7 @@ impl Hypervisor for Vmm {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
-            imports.insert(
-                id.clone(),
-                Import {
-                    req,
-                    manifest,
-                    dir,
-                },
-            );
+            imports.insert(id.clone(), Import { req, manifest, dir });
         }
         Ok(())
     }

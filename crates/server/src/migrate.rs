@@ -34,9 +34,7 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::json;
 use vmfleet_auth::Permission;
-use vmfleet_core::{
-    MigrationId, NodeId, RequestId, SnapshotId, Timestamp, VmId, VmOp, VmState,
-};
+use vmfleet_core::{MigrationId, NodeId, RequestId, SnapshotId, Timestamp, VmId, VmOp, VmState};
 use vmfleet_store::{Actor, AuditTarget, Store, StoreError, VmRecord, WorkloadKind};
 use vmfleet_wire::Success;
 use vmfleet_wire::api::{MigrateFromRequest, MigrateToRequest, MigrateToResponse, MigrationTicket};
@@ -95,9 +93,9 @@ fn source_of(vm: &VmRecord) -> Result<NodeId, ApiError> {
     vm.state
         .begin(VmOp::Migrate)
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    vm.node.clone().ok_or_else(|| {
-        ApiError::Conflict(format!("VM {} was never booted: use /vm/boot", vm.id))
-    })
+    vm.node
+        .clone()
+        .ok_or_else(|| ApiError::Conflict(format!("VM {} was never booted: use /vm/boot", vm.id)))
 }
 
 /// Reserves room for `vm` on `node`, or on the first other node with room, under a fresh
@@ -120,13 +118,19 @@ async fn reserve(
     let expires_at = expiry(ttl);
     let candidates = match node {
         Some(n) if n == source => {
-            return Err(ApiError::Conflict(format!("VM {} is on node {n} already", vm.id)));
+            return Err(ApiError::Conflict(format!(
+                "VM {} is on node {n} already",
+                vm.id
+            )));
         }
         Some(n) => vec![n.clone()],
         None => scheduler(state)?.targets(&vm.resources, source).await?,
     };
     for n in &candidates {
-        match store.reserve_migration(&vm.id, n, &ticket, &expires_at).await {
+        match store
+            .reserve_migration(&vm.id, n, &ticket, &expires_at)
+            .await
+        {
             Ok(true) => return Ok((ticket, n.clone(), expires_at)),
             Ok(false) => {}
             Err(StoreError::NotFound { .. }) if node.is_some() => {
@@ -396,7 +400,8 @@ impl Migration {
         first_step: &mut Option<tokio::sync::oneshot::Sender<Result<(), ApiError>>>,
     ) -> Result<(), Failure> {
         let (source, target) = (self.source.clone(), self.target.clone());
-        self.progress("saving the guest's state on the source").await?;
+        self.progress("saving the guest's state on the source")
+            .await?;
         reached.exported = true;
         let exported = self
             .cmd(
@@ -468,10 +473,7 @@ impl Migration {
         self.move_record(&report).await?;
 
         // The target runs it: only now does the source's copy go.
-        if let Err(f) = self
-            .cmd(&source, VmOperation::Delete, STEP_TIMEOUT)
-            .await
-        {
+        if let Err(f) = self.cmd(&source, VmOperation::Delete, STEP_TIMEOUT).await {
             tracing::error!(vm = %self.vm, reason = %f.reason, "the source kept its copy of a migrated VM");
             self.audit(
                 "vm.migrate.cleanup_failed",
@@ -492,7 +494,8 @@ impl Migration {
         let total = manifest.data_bytes();
         let mut moved = 0u64;
         let mut published = Instant::now();
-        self.progress(&format!("copying, 0 of {}", mib(total))).await?;
+        self.progress(&format!("copying, 0 of {}", mib(total)))
+            .await?;
         for f in &manifest.files {
             let mut at = 0u64;
             while at < f.size {
@@ -554,7 +557,10 @@ impl Migration {
     async fn move_record(&self, report: &VmReport) -> Result<(), Failure> {
         let store_failed = |e: StoreError| Failure::new(format!("cannot record the move: {e}"));
         let now = self.store.get_vm(&self.vm).await.map_err(store_failed)?;
-        self.store.end_open_rental(&now).await.map_err(store_failed)?;
+        self.store
+            .end_open_rental(&now)
+            .await
+            .map_err(store_failed)?;
         self.store
             .complete_migration(&self.vm, &self.ticket)
             .await

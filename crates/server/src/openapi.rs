@@ -12,12 +12,13 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 use vmfleet_core::{NodeId, VmId};
 use vmfleet_wire::api::{
-    ActionResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse, MigrationTicket, AddDiskRequest, ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse,
+    ActionResponse, AddDiskRequest, ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse,
     CoredumpResponse, CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest,
     CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
-    LoginRequest, LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse,
-    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
-    StopVmRequest, VmInfo, VmRef,
+    LoginRequest, LoginResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse,
+    MigrationTicket, NodeView, NonceResponse, PingRequest, PingResponse, ResizeMemoryRequest,
+    ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo,
+    VmRef,
 };
 use vmfleet_wire::containers::{ContainerView, CreateContainerRequest, UsageQuery, UsageView};
 

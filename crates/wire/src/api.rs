@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use vmfleet_auth::Permission;
 use vmfleet_core::{
-    ApiTokenId, ChecksumAddress, ImageName, MigrationId, NodeId, SnapshotId, VmId, VmName, VmResources, VmState,
-    WalletAddress,
+    ApiTokenId, ChecksumAddress, ImageName, MigrationId, NodeId, SnapshotId, VmId, VmName,
+    VmResources, VmState, WalletAddress,
 };
 
 use crate::flag::Success;

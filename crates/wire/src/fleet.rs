@@ -16,8 +16,8 @@ pub use crate::fleet_vm::{
     VmMetrics, VmOperation, VmReport,
 };
 pub use crate::migration::{
-    ExtraDisk, FileChunk, MAX_CHUNK_BYTES, MAX_EXTRA_DISKS, ManifestError, ManifestFile, MigrationManifest, Sha256,
-    VmFile,
+    ExtraDisk, FileChunk, MAX_CHUNK_BYTES, MAX_EXTRA_DISKS, ManifestError, ManifestFile,
+    MigrationManifest, Sha256, VmFile,
 };
 
 /// The namespace agents connect to.

@@ -17,8 +17,8 @@ pub mod containers;
 mod error;
 mod flag;
 pub mod fleet;
-mod migration;
 mod fleet_vm;
+mod migration;
 pub mod node;
 pub mod ws;
 

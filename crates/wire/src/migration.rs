@@ -48,7 +48,8 @@ impl fmt::Display for VmFile {
 impl FromStr for VmFile {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a VM file (root, diskN, snapshot-state, snapshot-memory)");
+        let bad =
+            || format!("{s:?} is not a VM file (root, diskN, snapshot-state, snapshot-memory)");
         match s {
             "root" => Ok(VmFile::Root),
             "snapshot-state" => Ok(VmFile::SnapshotState),
@@ -133,7 +134,9 @@ impl<'de> Deserialize<'de> for Sha256 {
     }
 }
 
-/// One file of a manifest: its size (holes included) and the SHA-256 of its whole content.
+/// One file of a manifest: its size (holes included) and the digest of its whole content:
+/// SHA-256 over the offset and bytes of each 64 KiB block that is not all zeros, then the
+/// size, so a hole and written zeros count the same (the sparse copy matches its original).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ManifestFile {
@@ -346,7 +349,10 @@ mod tests {
     #[test]
     fn a_manifest_holds_exactly_the_files_of_its_vm() {
         let full = |running| {
-            let mut files = vec![entry(VmFile::Root, 1 << 30), entry(VmFile::Disk(0), 1 << 20)];
+            let mut files = vec![
+                entry(VmFile::Root, 1 << 30),
+                entry(VmFile::Disk(0), 1 << 20),
+            ];
             if running {
                 files.push(entry(VmFile::SnapshotState, 4096));
             }
@@ -363,13 +369,19 @@ mod tests {
         );
         let mut m = full(true);
         m.files.push(entry(VmFile::Disk(1), 1));
-        assert_eq!(m.validate(), Err(ManifestError::Unexpected(VmFile::Disk(1))));
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::Unexpected(VmFile::Disk(1)))
+        );
         let mut m = full(true);
         m.files.push(entry(VmFile::Root, 1));
         assert_eq!(m.validate(), Err(ManifestError::Duplicate(VmFile::Root)));
         let mut m = full(true);
         m.files.retain(|f| f.file != VmFile::SnapshotState);
-        assert_eq!(m.validate(), Err(ManifestError::Missing(VmFile::SnapshotState)));
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::Missing(VmFile::SnapshotState))
+        );
         let mut m = full(false);
         m.files.retain(|f| f.file != VmFile::Disk(0));
         assert_eq!(m.validate(), Err(ManifestError::Missing(VmFile::Disk(0))));
@@ -387,7 +399,10 @@ mod tests {
 
     #[test]
     fn chunks_stay_inside_their_file() {
-        let m = manifest(false, vec![entry(VmFile::Root, 1 << 20), entry(VmFile::Disk(0), 10)]);
+        let m = manifest(
+            false,
+            vec![entry(VmFile::Root, 1 << 20), entry(VmFile::Disk(0), 10)],
+        );
         m.check_chunk(VmFile::Root, 0, MAX_CHUNK_BYTES).unwrap();
         m.check_chunk(VmFile::Root, (1 << 20) - 1, 1).unwrap();
         m.check_chunk(VmFile::Disk(0), 0, 10).unwrap();
@@ -403,7 +418,10 @@ mod tests {
             m.check_chunk(VmFile::Root, 0, MAX_CHUNK_BYTES + 1),
             Err(ManifestError::ChunkSize(MAX_CHUNK_BYTES + 1))
         );
-        assert_eq!(m.check_chunk(VmFile::Root, 0, 0), Err(ManifestError::ChunkSize(0)));
+        assert_eq!(
+            m.check_chunk(VmFile::Root, 0, 0),
+            Err(ManifestError::ChunkSize(0))
+        );
         assert_eq!(
             m.check_chunk(VmFile::SnapshotState, 0, 1),
             Err(ManifestError::NotInManifest(VmFile::SnapshotState))
