@@ -1318,3 +1318,30 @@ impl Hypervisor for Vmm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_file_of_an_import_lands_inside_its_directory() {
+        let dir = Path::new("/base/.import-vm-1");
+        let mut files = vec![VmFile::Root, VmFile::SnapshotState, VmFile::SnapshotMemory];
+        files.extend((0..64).map(VmFile::Disk));
+        let mut seen = std::collections::HashSet::new();
+        for f in files {
+            let p = import_path(dir, f);
+            assert!(p.starts_with(dir), "{f} -> {}", p.display());
+            assert!(
+                p.components().all(|c| matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::RootDir
+                )),
+                "{f} -> {}",
+                p.display()
+            );
+            assert!(seen.insert(p), "two files share a path");
+        }
+    }
+}

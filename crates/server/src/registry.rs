@@ -72,15 +72,34 @@ impl Heartbeats {
     }
 }
 
-/// Writes the accepted heartbeats every [`HEARTBEAT_FLUSH`] until the registry is gone.
+/// How many heartbeat flushes between two sweeps for migrations whose control plane is gone.
+const MIGRATION_SWEEP_EVERY: u32 = 60;
+
+/// Writes the accepted heartbeats every [`HEARTBEAT_FLUSH`] until the registry is gone, and
+/// now and then puts the VMs whose migration was abandoned (its ticket lapsed: the control
+/// plane running it is gone) in `unknown`, for their nodes' reports to settle.
 async fn flush_heartbeats(store: Store, heartbeats: std::sync::Weak<Heartbeats>) {
     let mut tick = tokio::time::interval(HEARTBEAT_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
         let Some(hb) = heartbeats.upgrade() else {
             return;
         };
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(MIGRATION_SWEEP_EVERY) {
+            let reason = "its migration was abandoned (the control plane running it stopped): \
+                          its node's next report says how it is";
+            match store.abandon_stale_migrations(reason).await {
+                Ok(lost) => {
+                    for vm in lost {
+                        tracing::warn!(vm = %vm.id, "a migration was abandoned");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot sweep abandoned migrations"),
+            }
+        }
         let batch: Vec<_> = hb
             .pending()
             .drain()

@@ -593,6 +593,33 @@ impl Store {
         crate::vms::vm(&row)
     }
 
+    /// The VMs left `migrating` whose ticket lapsed (a running migration keeps extending
+    /// it, so its control plane is gone) become `unknown` with `reason`, their tickets
+    /// dropped: their nodes' next reports say how they are. Returns them.
+    pub async fn abandon_stale_migrations(&self, reason: &str) -> Result<Vec<VmRecord>> {
+        let now = now_millis();
+        sqlx::query(&format!(
+            "UPDATE vms SET state = 'unknown', state_reason = $1,
+                            unknown_since = COALESCE(unknown_since, $2), updated_at = $2,
+                            migration_id = NULL, migration_node_id = NULL,
+                            migration_expires_at = NULL
+             WHERE state = 'migrating'
+                   AND ((migration_expires_at IS NULL AND updated_at <= $3)
+                        OR migration_expires_at <= $3)
+             RETURNING {COLS}"
+        ))
+        .bind(reason)
+        .bind(now)
+        // A grace period for a migration between dropping its ticket and recording its end.
+        .bind(now - 60_000)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(vm)
+        .collect::<Result<Vec<_>>>()
+        .inspect(|lost| lost.iter().for_each(|v| self.changed(&v.id)))
+    }
+
     /// The error for an update that matched no live row: not found, or deleted.
     async fn refusal_for_deleted(&self, id: &VmId) -> StoreError {
         match self.get_vm(id).await {
