@@ -605,7 +605,7 @@ impl Store {
                             migration_expires_at = NULL
              WHERE state = 'migrating'
                    AND ((migration_expires_at IS NULL AND updated_at <= $3)
-                        OR migration_expires_at <= $3)
+                        OR migration_expires_at <= $2)
              RETURNING {COLS}"
         ))
         .bind(reason)
