@@ -39,8 +39,8 @@ use vmfleet_store::{Actor, AuditTarget, Store, StoreError, VmRecord, WorkloadKin
 use vmfleet_wire::Success;
 use vmfleet_wire::api::{MigrateFromRequest, MigrateToRequest, MigrateToResponse, MigrationTicket};
 use vmfleet_wire::fleet::{
-    CreateVmSpec, MAX_CHUNK_BYTES, MigrationManifest, VmCommand, VmCommandReply, VmErrorCode,
-    VmOperation, VmReport,
+    CreateVmSpec, FileChunk, MAX_CHUNK_BYTES, ManifestFile, MigrationManifest, VmCommand,
+    VmCommandReply, VmErrorCode, VmOperation, VmReport,
 };
 
 use crate::AppState;
@@ -489,7 +489,8 @@ impl Migration {
         Ok(())
     }
 
-    /// Every file, chunk by chunk, from the source to the target. Returns the bytes moved.
+    /// Every file, chunk by chunk, from the source to the target, the read of a chunk
+    /// overlapping the write of the one before. Returns the bytes moved.
     async fn copy_files(&self, manifest: &MigrationManifest) -> Result<u64, Failure> {
         let total = manifest.data_bytes();
         let mut moved = 0u64;
@@ -497,59 +498,74 @@ impl Migration {
         self.progress(&format!("copying, 0 of {}", mib(total)))
             .await?;
         for f in &manifest.files {
-            let mut at = 0u64;
-            while at < f.size {
-                let len = MAX_CHUNK_BYTES.min(f.size - at);
-                let read = self
-                    .cmd(
-                        &self.source,
-                        VmOperation::ReadChunk {
-                            file: f.file,
-                            offset: at,
-                            len,
-                        },
-                        CHUNK_TIMEOUT,
-                    )
-                    .await?;
-                let chunk = read.chunk.ok_or_else(|| {
-                    Failure::new(format!("node {} sent no chunk of {}", self.source, f.file))
-                })?;
+            if f.size == 0 {
+                continue;
+            }
+            let mut chunk = self.read_chunk(f, 0).await?;
+            loop {
                 let n = chunk.data.0.len() as u64;
-                let sane = chunk.file == f.file
-                    && chunk.offset >= at
-                    && chunk.next > at
-                    && chunk.next <= f.size
-                    && chunk.offset.saturating_add(n) <= chunk.next
-                    && n <= MAX_CHUNK_BYTES;
-                if !sane {
-                    return Err(Failure::new(format!(
-                        "node {} sent a chunk of {} that does not follow from offset {at}",
-                        self.source, f.file
-                    )));
-                }
-                if n > 0 {
-                    self.cmd(
-                        &self.target,
-                        VmOperation::WriteChunk {
-                            file: f.file,
-                            offset: chunk.offset,
-                            data: chunk.data,
-                            sha256: chunk.sha256,
-                        },
-                        CHUNK_TIMEOUT,
-                    )
-                    .await?;
-                    moved += n;
-                }
-                at = chunk.next;
+                let next = chunk.next;
+                let write = async {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let op = VmOperation::WriteChunk {
+                        file: f.file,
+                        offset: chunk.offset,
+                        data: chunk.data,
+                        sha256: chunk.sha256,
+                    };
+                    self.cmd(&self.target, op, CHUNK_TIMEOUT).await.map(drop)
+                };
+                let read = async {
+                    if next < f.size {
+                        self.read_chunk(f, next).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+                let (written, read) = tokio::join!(write, read);
+                written?;
+                moved += n;
                 if published.elapsed() >= PROGRESS_EVERY {
                     published = Instant::now();
                     self.progress(&format!("copying, {} of {}", mib(moved), mib(total)))
                         .await?;
                 }
+                match read? {
+                    Some(c) => chunk = c,
+                    None => break,
+                }
             }
         }
         Ok(moved)
+    }
+
+    /// The chunk of `f` the source has at or after `at`, checked to follow from it.
+    async fn read_chunk(&self, f: &ManifestFile, at: u64) -> Result<FileChunk, Failure> {
+        let op = VmOperation::ReadChunk {
+            file: f.file,
+            offset: at,
+            len: MAX_CHUNK_BYTES.min(f.size - at),
+        };
+        let read = self.cmd(&self.source, op, CHUNK_TIMEOUT).await?;
+        let chunk = read.chunk.ok_or_else(|| {
+            Failure::new(format!("node {} sent no chunk of {}", self.source, f.file))
+        })?;
+        let n = chunk.data.0.len() as u64;
+        let sane = chunk.file == f.file
+            && chunk.offset >= at
+            && chunk.next > at
+            && chunk.next <= f.size
+            && chunk.offset.saturating_add(n) <= chunk.next
+            && n <= MAX_CHUNK_BYTES;
+        if !sane {
+            return Err(Failure::new(format!(
+                "node {} sent a chunk of {} that does not follow from offset {at}",
+                self.source, f.file
+            )));
+        }
+        Ok(chunk)
     }
 
     /// The store follows: the VM placed on the target (its ticket's room), the source's

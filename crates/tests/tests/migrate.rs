@@ -270,6 +270,9 @@ async fn a_vm_moves_between_nodes_running_and_stopped() {
         .list_audit(&vmfleet_store::AuditTarget::Vm(id.clone()))
         .await
         .unwrap();
+    for e in &entries {
+        eprintln!("{} {} {}", e.at.as_str(), e.action, e.detail);
+    }
     let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
     for step in [
         "vm.migrate",
