@@ -166,6 +166,33 @@ async fn a_vm_moves_between_nodes_running_and_stopped() {
     let (status, body) = api.post("/vm/migrate/from", &jwt, extra).await;
     assert_eq!(status, 400, "{body}");
 
+    // A migration that fails half-way (the target cannot boot the VM's kernel: it has no
+    // such image) rolls back: the guest runs on where it was, the same shell, the reason
+    // shown, nothing left on the target, the room released.
+    let kernel = dst.vms_dir.parent().unwrap().join("images/vmlinux.bin");
+    std::fs::rename(&kernel, kernel.with_extension("away")).unwrap();
+    let (status, body) = api.post("/vm/migrate/to", &jwt, vm.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let failed = Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let (_, info) = api.post("/vm/info", &jwt, vm.clone()).await;
+        if info["state"] != "migrating" {
+            break info;
+        }
+        assert!(Instant::now() < failed, "{info}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["node"], json!(src.id), "{info}");
+    let why = info["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("failed") && why.contains("vmlinux.bin"),
+        "{info}"
+    );
+    shell_shows(src, &id, "echo still-$MIGV", &format!("still-{var}")).await;
+    assert!(std::fs::read_dir(&dst.vms_dir).unwrap().next().is_none());
+    std::fs::rename(kernel.with_extension("away"), &kernel).unwrap();
+
     // The running VM moves (no ticket: one call); a second migration at the same time is
     // refused.
     let mut statuses = monitor(&domain, "mover", &jwt);
