@@ -4,7 +4,8 @@
 //! protocol of its hypervisor.
 //!
 //! Layout under the base directory: `<vm id>/root.disk`, `<vm id>/disk<N>.raw`,
-//! `<vm id>/snapshots/<snapshot id>/`, and whatever sockets the backend puts there.
+//! `<vm id>/snapshots/<snapshot id>/`, and whatever sockets the backend puts there; a VM being
+//! received from another node lands in `.import-<vm id>/` (same layout) until it is defined.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1323,6 +1324,46 @@ impl Hypervisor for Vmm {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn only_qemu_vms_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let fc = crate::firecracker::FirecrackerBackend::new(Default::default());
+        let vmm = Vmm::new(
+            Arc::new(fc),
+            ImageCatalog::open(dir.path().join("images")).unwrap(),
+            dir.path().join("vms"),
+        )
+        .unwrap();
+        let id = VmId::new("vm-1").unwrap();
+        let snap = SnapshotId::new("s").unwrap();
+        let e = vmm.export_files(&id, &snap).await.unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
+        let manifest = MigrationManifest {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            disk_size_gib: 1,
+            extra_disks: Vec::new(),
+            running: false,
+            files: Vec::new(),
+        };
+        let req = CreateVm {
+            id,
+            resources: VmResources {
+                vcpu_count: 1,
+                mem_size_mib: 128,
+                disk_size: 1,
+            },
+            kernel: ImageName::new("k").unwrap(),
+            initrd: None,
+            rootfs: ImageName::new("r").unwrap(),
+            boot_args: None,
+            labels: Default::default(),
+        };
+        let e = vmm.import_files(req, manifest).await.unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
+        assert!(e.to_string().contains("only QEMU"), "{e}");
+    }
 
     #[test]
     fn every_file_of_an_import_lands_inside_its_directory() {
