@@ -222,6 +222,18 @@ pub(crate) async fn migrate_to(
             (ticket, node)
         }
     };
+    // Both ends must be there to start: nothing is paused for a node that cannot answer.
+    if let Some(gone) = [&source, &target]
+        .into_iter()
+        .find(|n| !fleet.is_connected(n))
+    {
+        if req.migration_id.is_none() {
+            store.release_migration(&vm.id, &ticket).await?;
+        }
+        return Err(ApiError::Conflict(format!(
+            "node {gone} is offline: try again when it is back"
+        )));
+    }
     let who = actor(&token);
     store
         .update_vm_state(
