@@ -436,17 +436,18 @@ impl NodeRegistry for StoreRegistry {
         } else {
             None
         };
+        // A report that repeats the state with no reason keeps the control plane's note (why
+        // a migration failed, say): the node has nothing to say about it.
+        let reason = match (&report.reason, vm.state == report.state) {
+            (None, true) => vm.state_reason.clone(),
+            (r, _) => r.clone(),
+        };
         let unchanged = vm.state == report.state
-            && vm.state_reason == report.reason
+            && vm.state_reason == reason
             && (report.ip_address.is_none() || vm.ip == report.ip_address);
         if !unchanged {
-            self.set_state(
-                &vm,
-                report.state,
-                report.reason.as_deref(),
-                report.ip_address,
-            )
-            .await?;
+            self.set_state(&vm, report.state, reason.as_deref(), report.ip_address)
+                .await?;
         }
         if let Some((rental, what)) = confirm {
             self.confirmations.resolve(&rental, node, what);
