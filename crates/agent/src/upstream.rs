@@ -282,7 +282,8 @@ impl Upstream {
             );
         };
         let admit = async {
-            let VmOperation::Create(spec) = &cmd.op else {
+            let (VmOperation::Create(spec) | VmOperation::ImportBegin { spec, .. }) = &cmd.op
+            else {
                 return Ok(());
             };
             self.admit_vm(spec).await

@@ -52,12 +52,16 @@ impl VmService {
     }
 
     /// Runs `cmd` unless its request id ran already, and answers. `admit` is awaited before a
-    /// `create` runs (and only then): the node's own checks, draining and capacity; its error
+    /// `create` or an `import_begin` runs (and only then): the node's own checks, draining and capacity; its error
     /// is the refusal.
     pub async fn run<F>(&self, cmd: VmCommand, admit: F) -> VmCommandReply
     where
         F: Future<Output = Result<(), (VmErrorCode, String)>>,
     {
+        if cmd.op.is_transfer() {
+            // Idempotent, and too big to remember: run every time.
+            return self.execute(&cmd).await;
+        }
         let answer = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             match recent.answers.get(&cmd.request_id) {
@@ -88,8 +92,10 @@ impl VmService {
         };
         answer
             .get_or_init(|| async {
-                if matches!(cmd.op, VmOperation::Create(_))
-                    && let Err((code, why)) = admit.await
+                if matches!(
+                    cmd.op,
+                    VmOperation::Create(_) | VmOperation::ImportBegin { .. }
+                ) && let Err((code, why)) = admit.await
                 {
                     return VmCommandReply::refused(code, why);
                 }
@@ -169,6 +175,50 @@ impl VmService {
                     Err(e) => refusal(&e),
                 };
             }
+            VmOperation::ExportBegin { snapshot_id } => {
+                return match vmm.export_files(id, snapshot_id).await {
+                    Ok(manifest) => VmCommandReply {
+                        manifest: Some(manifest),
+                        ..VmCommandReply::done(vmm.status(id).await.ok().map(|s| report(&s)))
+                    },
+                    Err(e) => refusal(&e),
+                };
+            }
+            VmOperation::ReadChunk { file, offset, len } => {
+                return match vmm.read_export(id, *file, *offset, *len).await {
+                    Ok(chunk) => VmCommandReply {
+                        chunk: Some(chunk),
+                        ..VmCommandReply::done(None)
+                    },
+                    Err(e) => refusal(&e),
+                };
+            }
+            VmOperation::ExportAbort { snapshot_id } => vmm.abort_export(id, snapshot_id).await,
+            VmOperation::ImportBegin { spec, manifest } => {
+                let req = create_vm(cmd, spec);
+                return match vmm.import_files(req, manifest.clone()).await {
+                    Ok(()) => VmCommandReply::done(None),
+                    Err(e) => refusal(&e),
+                };
+            }
+            VmOperation::WriteChunk {
+                file,
+                offset,
+                data,
+                sha256,
+            } => {
+                return match vmm.write_import(id, *file, *offset, &data.0, sha256).await {
+                    Ok(()) => VmCommandReply::done(None),
+                    Err(e) => refusal(&e),
+                };
+            }
+            VmOperation::ImportCommit => vmm.commit_import(id).await,
+            VmOperation::ImportAbort => {
+                return match vmm.abort_import(id).await {
+                    Ok(()) => VmCommandReply::done(None),
+                    Err(e) => refusal(&e),
+                };
+            }
             VmOperation::Metrics => {
                 return match (vmm.metrics(id).await, vmm.status(id).await) {
                     (Ok(m), Ok(st)) => VmCommandReply {
@@ -218,22 +268,7 @@ impl VmService {
         cmd: &VmCommand,
         spec: &CreateVmSpec,
     ) -> Result<VmStatus, HypervisorError> {
-        let created = self
-            .vmm
-            .create(CreateVm {
-                id: cmd.vm_id.clone(),
-                resources: VmResources {
-                    vcpu_count: spec.vcpu_count,
-                    mem_size_mib: spec.mem_size_mib,
-                    disk_size: spec.disk_size_gib,
-                },
-                kernel: spec.kernel.clone(),
-                initrd: spec.initrd.clone(),
-                rootfs: spec.rootfs.clone(),
-                boot_args: spec.boot_args.clone(),
-                labels: spec.labels.clone(),
-            })
-            .await?;
+        let created = self.vmm.create(create_vm(cmd, spec)).await?;
         if !spec.boot {
             return Ok(created);
         }
@@ -245,6 +280,23 @@ impl VmService {
                 Err(e)
             }
         }
+    }
+}
+
+/// The hypervisor's request for the VM a command's spec describes.
+fn create_vm(cmd: &VmCommand, spec: &CreateVmSpec) -> CreateVm {
+    CreateVm {
+        id: cmd.vm_id.clone(),
+        resources: VmResources {
+            vcpu_count: spec.vcpu_count,
+            mem_size_mib: spec.mem_size_mib,
+            disk_size: spec.disk_size_gib,
+        },
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        rootfs: spec.rootfs.clone(),
+        boot_args: spec.boot_args.clone(),
+        labels: spec.labels.clone(),
     }
 }
 

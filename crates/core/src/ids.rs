@@ -208,6 +208,18 @@ impl DeviceId {
     }
 }
 
+string_id!(
+    /// A migration ticket (`/vm/migrate/from`, `/vm/migrate/to`).
+    MigrationId, "migration id", max = 64, extra = ""
+);
+
+impl MigrationId {
+    /// A fresh random ticket, `mig-` and 16 hex digits.
+    pub fn generate() -> Self {
+        Self(format!("mig-{}", random_hex(8)))
+    }
+}
+
 impl VmId {
     /// A fresh random VM id, `vm-` and 16 hex digits.
     pub fn generate() -> Self {

@@ -15,7 +15,7 @@ pub use address::{AddressError, ChecksumAddress, WalletAddress};
 pub use device::{Device, DeviceError, PciAddress, SharePath, ShareTag};
 pub use ids::{
     ApiTokenId, BuyerId, ContainerId, DeviceId, GpuIndex, IdError, IdErrorReason, ImageName,
-    ImageRef, JobId, NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
+    ImageRef, JobId, MigrationId, NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,
 };
 pub use resources::{ResourceError, VmResources};
 pub use size::{ByteSize, SizeError};

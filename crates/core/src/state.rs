@@ -27,10 +27,13 @@ pub enum VmState {
     Deleted,
     /// The node that runs the VM is unreachable; the last known state is not trusted.
     Unknown,
+    /// Moving to another node (cold migration): a running guest is paused on its node until
+    /// the copy runs on the target. The control plane's state only; no node reports it.
+    Migrating,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 9] = [
+    pub const ALL: [VmState; 10] = [
         VmState::Created,
         VmState::Booting,
         VmState::Running,
@@ -40,6 +43,7 @@ impl VmState {
         VmState::Error,
         VmState::Deleted,
         VmState::Unknown,
+        VmState::Migrating,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl VmState {
             VmState::Error => "error",
             VmState::Deleted => "deleted",
             VmState::Unknown => "unknown",
+            VmState::Migrating => "migrating",
         }
     }
 
@@ -85,7 +90,8 @@ impl VmState {
             (Resize | AddDisk | ChangeDevices, Created | Running | Paused | Stopped) => {
                 t(self, self)
             }
-            (Delete, s) if s != Deleted => t(s, Deleted),
+            (Migrate, Running | Paused | Stopped) => t(Migrating, self),
+            (Delete, s) if s != Deleted && s != Migrating => t(s, Deleted),
             (op, state) => Err(InvalidTransition { op, state }),
         }
     }
@@ -129,10 +135,12 @@ pub enum VmOp {
     /// while a guest runs).
     ChangeDevices,
     Delete,
+    /// Cold migration to another node.
+    Migrate,
 }
 
 impl VmOp {
-    pub const ALL: [VmOp; 14] = [
+    pub const ALL: [VmOp; 15] = [
         VmOp::Boot,
         VmOp::Start,
         VmOp::Stop,
@@ -147,6 +155,7 @@ impl VmOp {
         VmOp::AddDisk,
         VmOp::ChangeDevices,
         VmOp::Delete,
+        VmOp::Migrate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -165,6 +174,7 @@ impl VmOp {
             VmOp::AddDisk => "add a disk to",
             VmOp::ChangeDevices => "change the devices of",
             VmOp::Delete => "delete",
+            VmOp::Migrate => "migrate",
         }
     }
 }
@@ -242,6 +252,22 @@ mod tests {
                     assert_ne!(t.during, Deleted);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_migration_starts_from_a_settled_state_and_blocks_the_others() {
+        for s in [Running, Paused, Stopped] {
+            let t = s.begin(Migrate).unwrap();
+            assert_eq!((t.during, t.after), (Migrating, s));
+        }
+        for s in [
+            Created, Booting, Stopping, Error, Unknown, Migrating, Deleted,
+        ] {
+            assert!(s.begin(Migrate).is_err(), "{s:?}");
+        }
+        for op in VmOp::ALL {
+            assert!(Migrating.begin(op).is_err(), "{op:?} while migrating");
         }
     }
 

@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 use vmfleet_core::{
     Device, DeviceId, ImageName, SharePath, ShareTag, SnapshotId, VmId, VmResources, VmState,
 };
+use vmfleet_wire::fleet::{FileChunk, MigrationManifest, Sha256, VmFile};
 
 use crate::HypervisorError;
 use crate::backend::{BackendKind, GuestMetrics};
@@ -157,6 +158,78 @@ pub trait Hypervisor: Send + Sync {
     async fn commit(&self, id: &VmId, image: &ImageName) -> Result<ImageName, HypervisorError> {
         let _ = (id, image);
         Err(self.unsupported("commit a disk to the catalog"))
+    }
+
+    /// Migration, source side: readies the VM to leave. A running guest is paused (it stays
+    /// so) and its memory and devices saved as snapshot `snap`; a stopped VM only lists its
+    /// disks. Answers with the files that move and their checksums.
+    async fn export_files(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<MigrationManifest, HypervisorError> {
+        let _ = (id, snap);
+        Err(self.unsupported("migrate a VM"))
+    }
+
+    /// Up to `len` bytes of an exported file from `offset`, holes and zeros skipped.
+    async fn read_export(
+        &self,
+        id: &VmId,
+        file: VmFile,
+        offset: u64,
+        len: u64,
+    ) -> Result<FileChunk, HypervisorError> {
+        let _ = (id, file, offset, len);
+        Err(self.unsupported("migrate a VM"))
+    }
+
+    /// Undoes [`Hypervisor::export_files`]: the snapshot removed, the guest resumed if it
+    /// ran before.
+    async fn abort_export(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<VmStatus, HypervisorError> {
+        let _ = (id, snap);
+        Err(self.unsupported("migrate a VM"))
+    }
+
+    /// Migration, target side: prepares to receive VM `req.id` (its images from `req`, its
+    /// size from the manifest) as empty sparse files.
+    async fn import_files(
+        &self,
+        req: CreateVm,
+        manifest: MigrationManifest,
+    ) -> Result<(), HypervisorError> {
+        let _ = (req, manifest);
+        Err(self.unsupported("migrate a VM"))
+    }
+
+    /// Writes a chunk of a file being imported, checked against `sha256` and the manifest.
+    async fn write_import(
+        &self,
+        id: &VmId,
+        file: VmFile,
+        offset: u64,
+        data: &[u8],
+        sha256: &Sha256,
+    ) -> Result<(), HypervisorError> {
+        let _ = (id, file, offset, data, sha256);
+        Err(self.unsupported("migrate a VM"))
+    }
+
+    /// Checks every imported file against the manifest, defines the VM here and restores
+    /// it from its snapshot (running) or leaves it stopped.
+    async fn commit_import(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let _ = id;
+        Err(self.unsupported("migrate a VM"))
+    }
+
+    /// Removes what an import received; nothing to remove is not an error.
+    async fn abort_import(&self, id: &VmId) -> Result<(), HypervisorError> {
+        let _ = id;
+        Err(self.unsupported("migrate a VM"))
     }
 
     fn unsupported(&self, op: &'static str) -> HypervisorError {

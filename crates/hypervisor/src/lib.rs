@@ -18,6 +18,7 @@ mod hypervisor;
 pub mod net;
 mod proc;
 pub mod qemu;
+mod transfer;
 mod vmm;
 
 pub use backend::{

@@ -4,7 +4,8 @@
 //! protocol of its hypervisor.
 //!
 //! Layout under the base directory: `<vm id>/root.disk`, `<vm id>/disk<N>.raw`,
-//! `<vm id>/snapshots/<snapshot id>/`, and whatever sockets the backend puts there.
+//! `<vm id>/snapshots/<snapshot id>/`, and whatever sockets the backend puts there; a VM being
+//! received from another node lands in `.import-<vm id>/` (same layout) until it is defined.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 use vmfleet_core::{
-    Device, DeviceId, ImageName, SharePath, ShareTag, SnapshotId, VmId, VmOp, VmState,
+    Device, DeviceId, ImageName, SharePath, ShareTag, SnapshotId, VmId, VmOp, VmResources, VmState,
+};
+use vmfleet_wire::fleet::{
+    Base64, FileChunk, MAX_CHUNK_BYTES, ManifestFile, MigrationManifest, Sha256, VmFile,
 };
 
 use crate::HypervisorError;
@@ -49,6 +53,51 @@ pub struct Vmm {
     net: Option<Mutex<NetConfig>>,
     /// What of the host VMs may be given: shared directories, PCI passthrough.
     host: HostDevices,
+    /// VMs being received from another node, not defined yet.
+    imports: Mutex<HashMap<VmId, Import>>,
+}
+
+/// A VM being received: where its files land until it is defined.
+#[derive(Clone)]
+struct Import {
+    req: CreateVm,
+    manifest: MigrationManifest,
+    dir: PathBuf,
+}
+
+/// A VM leaving this node: its snapshot, and whether it ran before it was paused for it.
+#[derive(Debug, Clone)]
+struct Export {
+    snap: SnapshotId,
+    was_running: bool,
+    /// A guest existed: the snapshot's files move too.
+    with_snapshot: bool,
+}
+
+/// The snapshot directory an imported VM is restored from (removed once it runs).
+const INCOMING: &str = "incoming";
+
+/// Where `file` of a VM lands under a directory laid out like a VM's (`root.disk`,
+/// `disk<N>.raw`, `snapshots/incoming/`): the one mapping from a wire name to a path, so a
+/// message never names a path.
+fn import_path(dir: &Path, file: VmFile) -> PathBuf {
+    let snap = SnapshotPaths {
+        dir: dir.join("snapshots").join(INCOMING),
+    };
+    match file {
+        VmFile::Root => dir.join("root.disk"),
+        VmFile::Disk(n) => dir.join(format!("disk{n}.raw")),
+        VmFile::SnapshotState => snap.state(),
+        VmFile::SnapshotMemory => snap.memory(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HypervisorError> + Send + 'static,
+) -> Result<T, HypervisorError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| HypervisorError::GuestFailed(format!("a file task failed: {e}")))?
 }
 
 struct Instance {
@@ -74,6 +123,8 @@ struct InstState {
     labels: std::collections::BTreeMap<String, String>,
     /// The number in the next device id (`dev<N>`): ids are never reused.
     next_device: u32,
+    /// Set while the VM is being migrated away.
+    export: Option<Export>,
 }
 
 /// What `<vm dir>/vm.json` keeps of a VM, so that a restarted agent finds it again.
@@ -123,6 +174,7 @@ impl Vmm {
             host_mem_mib: host_mem_mib(),
             net: None,
             host: HostDevices::default(),
+            imports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -257,6 +309,23 @@ impl Vmm {
 
     fn resolve(&self, name: &ImageName) -> Result<PathBuf, HypervisorError> {
         Ok(self.catalog.resolve(name)?)
+    }
+
+    /// The kernel and initrd a VM boots, from the catalog.
+    fn boot_images(&self, req: &CreateVm) -> Result<(PathBuf, Option<PathBuf>), HypervisorError> {
+        let kernel = self.resolve(&req.kernel)?;
+        let initrd = match &req.initrd {
+            Some(name) => Some(self.resolve(name)?),
+            None => {
+                let companion = ImageName::new(format!("{}.initrd", req.kernel));
+                match companion.map(|n| self.catalog.resolve(&n)) {
+                    Ok(Ok(path)) => Some(path),
+                    Ok(Err(CatalogError::NotFound(_))) | Err(_) => None,
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+            }
+        };
+        Ok((kernel, initrd))
     }
 
     fn running_guest(&self, inst: &Instance) -> Result<Arc<dyn Guest>, HypervisorError> {
@@ -426,6 +495,7 @@ impl Vmm {
                     ip: p.ip,
                     labels: p.labels,
                     next_device: p.next_device,
+                    export: None,
                 }),
             });
             self.table().insert(id.clone(), inst.clone());
@@ -567,6 +637,111 @@ impl Vmm {
         self.set_state(&inst, t.after, None);
         Ok(dev_id)
     }
+
+    fn migratable(&self) -> Result<(), HypervisorError> {
+        match self.backend.kind() {
+            BackendKind::Qemu => Ok(()),
+            // Firecracker's snapshots would move too, but nothing here has tested it.
+            other => Err(HypervisorError::Unsupported {
+                backend: other.as_str(),
+                op: "migrate a VM (only QEMU VMs migrate)",
+            }),
+        }
+    }
+
+    /// Where a VM being received keeps its files until it is defined. A VM id never starts
+    /// with a dot, so this is never a VM's directory, and `recover` skips it (no `vm.json`).
+    fn import_dir(&self, id: &VmId) -> PathBuf {
+        self.base.join(format!(".import-{id}"))
+    }
+
+    fn imports(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Import>> {
+        self.imports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The path of `file` of a VM being exported.
+    fn export_path(&self, inst: &Instance, file: VmFile) -> Result<PathBuf, HypervisorError> {
+        let st = inst.st();
+        let Some(export) = &st.export else {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "VM {} is not being migrated",
+                inst.id
+            )));
+        };
+        let snap = SnapshotPaths {
+            dir: self
+                .dir(&inst.id)
+                .join("snapshots")
+                .join(export.snap.as_str()),
+        };
+        let path = match file {
+            VmFile::Root => Some(st.spec.root_disk.clone()),
+            VmFile::Disk(n) => st
+                .spec
+                .extra_disks
+                .get(usize::from(n))
+                .map(|d| d.path.clone()),
+            VmFile::SnapshotState if export.with_snapshot => Some(snap.state()),
+            VmFile::SnapshotMemory if export.with_snapshot => Some(snap.memory()),
+            VmFile::SnapshotState | VmFile::SnapshotMemory => None,
+        };
+        path.ok_or_else(|| {
+            HypervisorError::InvalidSpec(format!("VM {} has no file {file}", inst.id))
+        })
+    }
+
+    /// The manifest of a VM being exported: its size, disks and files with their checksums.
+    async fn manifest(&self, inst: &Instance) -> Result<MigrationManifest, HypervisorError> {
+        let (spec, with_snapshot) = {
+            let st = inst.st();
+            let with = st.export.as_ref().is_some_and(|e| e.with_snapshot);
+            (st.spec.clone(), with)
+        };
+        let mut wanted = vec![VmFile::Root];
+        for n in 0..spec.extra_disks.len() {
+            let n = u16::try_from(n).map_err(|_| {
+                HypervisorError::InvalidSpec("too many disks to migrate".to_owned())
+            })?;
+            wanted.push(VmFile::Disk(n));
+        }
+        if with_snapshot {
+            wanted.push(VmFile::SnapshotState);
+            wanted.push(VmFile::SnapshotMemory);
+        }
+        let mut files = Vec::new();
+        for file in wanted {
+            let path = self.export_path(inst, file)?;
+            if file == VmFile::SnapshotMemory && !path.exists() {
+                // QEMU keeps memory in the state stream.
+                continue;
+            }
+            let d = blocking(move || crate::transfer::describe(&path)).await?;
+            files.push(ManifestFile {
+                file,
+                size: d.size,
+                data_bytes: d.data_bytes,
+                sha256: d.sha256,
+            });
+        }
+        let manifest = MigrationManifest {
+            vcpu_count: spec.resources.vcpu_count,
+            mem_size_mib: spec.resources.mem_size_mib,
+            disk_size_gib: spec.resources.disk_size,
+            extra_disks: spec
+                .extra_disks
+                .iter()
+                .map(|d| vmfleet_wire::fleet::ExtraDisk {
+                    read_only: d.read_only,
+                })
+                .collect(),
+            running: with_snapshot,
+            files,
+        };
+        manifest
+            .validate()
+            .map_err(|e| HypervisorError::InvalidSpec(e.to_string()))?;
+        Ok(manifest)
+    }
 }
 
 impl Instance {
@@ -595,19 +770,8 @@ impl Hypervisor for Vmm {
                 req.resources.mem_size_mib, self.host_mem_mib
             )));
         }
-        let kernel = self.resolve(&req.kernel)?;
         let rootfs = self.resolve(&req.rootfs)?;
-        let initrd = match &req.initrd {
-            Some(name) => Some(self.resolve(name)?),
-            None => {
-                let companion = ImageName::new(format!("{}.initrd", req.kernel));
-                match companion.map(|n| self.catalog.resolve(&n)) {
-                    Ok(Ok(path)) => Some(path),
-                    Ok(Err(CatalogError::NotFound(_))) | Err(_) => None,
-                    Ok(Err(e)) => return Err(e.into()),
-                }
-            }
-        };
+        let (kernel, initrd) = self.boot_images(&req)?;
         let dir = self.dir(&req.id);
         let inst = {
             let mut table = self.table();
@@ -654,6 +818,7 @@ impl Hypervisor for Vmm {
                     ip: network.map(|(ip, _, _)| ip),
                     labels: req.labels.clone(),
                     next_device: 0,
+                    export: None,
                 }),
             });
             table.insert(req.id.clone(), inst.clone());
@@ -1025,5 +1190,365 @@ impl Hypervisor for Vmm {
             st.spec.devices.remove(at);
         }
         Ok(self.set_state(&inst, t.after, None))
+    }
+
+    async fn export_files(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<MigrationManifest, HypervisorError> {
+        self.migratable()?;
+        let (inst, _op) = self.lock(id)?;
+        let current = inst.st().export.clone();
+        match current {
+            // A repeated request: the same export.
+            Some(e) if e.snap == *snap => {}
+            Some(_) => return Err(HypervisorError::Busy(id.clone())),
+            None => {
+                let state = inst.st().state;
+                state.begin(VmOp::Migrate)?;
+                // Devices and shares belong to this node (its share root, its PCI devices).
+                if !inst.st().spec.devices.is_empty() {
+                    return Err(HypervisorError::DeviceRefused(format!(
+                        "VM {id} has devices or shared directories of its node: remove them \
+                         with /vm/device/remove before migrating it"
+                    )));
+                }
+                let with_snapshot = state.has_process();
+                let was_running = state == VmState::Running;
+                if with_snapshot {
+                    let guest = self.running_guest(&inst)?;
+                    let paths = SnapshotPaths {
+                        dir: self.dir(id).join("snapshots").join(snap.as_str()),
+                    };
+                    if paths.dir.exists() {
+                        return Err(HypervisorError::InvalidSpec(format!(
+                            "VM {id} already has a snapshot {snap}"
+                        )));
+                    }
+                    std::fs::create_dir_all(&paths.dir).map_err(HypervisorError::io(&paths.dir))?;
+                    if was_running {
+                        guest.pause().await?;
+                        self.set_state(&inst, VmState::Paused, None);
+                    }
+                    // The guest stays paused: its disks must not change until it runs on the
+                    // target (or here again, if the migration fails).
+                    if let Err(e) = guest.snapshot(&paths).await {
+                        let _ = std::fs::remove_dir_all(&paths.dir);
+                        if was_running && guest.resume().await.is_ok() {
+                            self.set_state(&inst, VmState::Running, None);
+                        }
+                        return Err(e);
+                    }
+                }
+                inst.st().export = Some(Export {
+                    snap: snap.clone(),
+                    was_running,
+                    with_snapshot,
+                });
+            }
+        }
+        self.manifest(&inst).await
+    }
+
+    async fn read_export(
+        &self,
+        id: &VmId,
+        file: VmFile,
+        offset: u64,
+        len: u64,
+    ) -> Result<FileChunk, HypervisorError> {
+        if len == 0 || len > MAX_CHUNK_BYTES {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "a chunk is 1 to {MAX_CHUNK_BYTES} bytes, not {len}"
+            )));
+        }
+        let inst = self.get(id)?;
+        let path = self.export_path(&inst, file)?;
+        let read = blocking(move || crate::transfer::read_chunk(&path, offset, len)).await?;
+        Ok(FileChunk {
+            file,
+            offset: read.offset,
+            sha256: crate::transfer::digest(&read.data),
+            data: Base64(read.data),
+            next: read.next,
+        })
+    }
+
+    async fn abort_export(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<VmStatus, HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        let export = {
+            let mut st = inst.st();
+            match &st.export {
+                Some(e) if e.snap == *snap => st.export.take(),
+                _ => None,
+            }
+        };
+        let Some(export) = export else {
+            return Ok(self.status_of(&inst));
+        };
+        let dir = self.dir(id).join("snapshots").join(export.snap.as_str());
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        if export.was_running && inst.st().state == VmState::Paused {
+            let guest = self.running_guest(&inst)?;
+            guest.resume().await?;
+            return Ok(self.set_state(&inst, VmState::Running, None));
+        }
+        Ok(self.status_of(&inst))
+    }
+
+    async fn import_files(
+        &self,
+        req: CreateVm,
+        manifest: MigrationManifest,
+    ) -> Result<(), HypervisorError> {
+        self.migratable()?;
+        manifest
+            .validate()
+            .map_err(|e| HypervisorError::InvalidSpec(e.to_string()))?;
+        let resources = VmResources {
+            vcpu_count: manifest.vcpu_count,
+            mem_size_mib: manifest.mem_size_mib,
+            disk_size: manifest.disk_size_gib,
+        };
+        resources.validate()?;
+        if resources.mem_size_mib > self.host_mem_mib {
+            return Err(HypervisorError::InsufficientResources(format!(
+                "{} MiB of memory: the host has {} MiB",
+                resources.mem_size_mib, self.host_mem_mib
+            )));
+        }
+        self.boot_images(&req)?;
+        let id = req.id.clone();
+        let dir = self.import_dir(&id);
+        {
+            let mut imports = self.imports();
+            if let Some(open) = imports.get(&id) {
+                // A repeated request is the same import; another is refused.
+                return if open.req == req && open.manifest == manifest {
+                    Ok(())
+                } else {
+                    Err(HypervisorError::AlreadyExists(id))
+                };
+            }
+            if self.table().contains_key(&id) || self.dir(&id).exists() {
+                return Err(HypervisorError::AlreadyExists(id));
+            }
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let made = (|| {
+                let snaps = dir.join("snapshots").join(INCOMING);
+                std::fs::create_dir_all(&snaps).map_err(HypervisorError::io(&snaps))?;
+                for f in &manifest.files {
+                    crate::transfer::create_sparse(&import_path(&dir, f.file), f.size)?;
+                }
+                Ok::<(), HypervisorError>(())
+            })();
+            if let Err(e) = made {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            imports.insert(id.clone(), Import { req, manifest, dir });
+        }
+        Ok(())
+    }
+
+    async fn write_import(
+        &self,
+        id: &VmId,
+        file: VmFile,
+        offset: u64,
+        data: &[u8],
+        sha256: &Sha256,
+    ) -> Result<(), HypervisorError> {
+        let imp = self
+            .imports()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        imp.manifest
+            .check_chunk(file, offset, data.len() as u64)
+            .map_err(|e| HypervisorError::InvalidSpec(e.to_string()))?;
+        let path = import_path(&imp.dir, file);
+        let (data, sha256) = (data.to_vec(), sha256.clone());
+        blocking(move || crate::transfer::write_chunk(&path, file, offset, &data, &sha256)).await
+    }
+
+    async fn commit_import(&self, id: &VmId) -> Result<VmStatus, HypervisorError> {
+        let imp = self
+            .imports()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        for f in imp.manifest.files.clone() {
+            let path = import_path(&imp.dir, f.file);
+            blocking(move || crate::transfer::verify(&path, f.file, f.size, &f.sha256)).await?;
+        }
+        let (kernel, initrd) = self.boot_images(&imp.req)?;
+        let dir = self.dir(id);
+        let inst = {
+            let mut table = self.table();
+            if table.contains_key(id) || dir.exists() {
+                return Err(HypervisorError::AlreadyExists(id.clone()));
+            }
+            std::fs::rename(&imp.dir, &dir).map_err(HypervisorError::io(&dir))?;
+            let network = match self.attach_network() {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = std::fs::rename(&dir, &imp.dir);
+                    return Err(e);
+                }
+            };
+            let mut boot_args = imp
+                .req
+                .boot_args
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+            if let Some((_, _, args)) = &network {
+                boot_args.push_str(args);
+            }
+            let m = &imp.manifest;
+            let extra_disks = m
+                .extra_disks
+                .iter()
+                .enumerate()
+                .map(|(n, d)| DiskSpec {
+                    path: dir.join(format!("disk{n}.raw")),
+                    read_only: d.read_only,
+                })
+                .collect();
+            let inst = Arc::new(Instance {
+                id: id.clone(),
+                op: Arc::default(),
+                st: Mutex::new(InstState {
+                    spec: VmSpec {
+                        id: id.clone(),
+                        resources: VmResources {
+                            vcpu_count: m.vcpu_count,
+                            mem_size_mib: m.mem_size_mib,
+                            disk_size: m.disk_size_gib,
+                        },
+                        kernel,
+                        initrd,
+                        root_disk: import_path(&dir, VmFile::Root),
+                        extra_disks,
+                        boot_args,
+                        network: network.as_ref().map(|(_, n, _)| n.clone()),
+                        // A VM with devices never leaves its node (`export_files`).
+                        devices: Vec::new(),
+                    },
+                    state: VmState::Stopped,
+                    reason: None,
+                    guest: None,
+                    generation: 0,
+                    stopping: false,
+                    last_change: SystemTime::now(),
+                    booted_at: None,
+                    ip: network.map(|(ip, _, _)| ip),
+                    labels: imp.req.labels.clone(),
+                    next_device: 0,
+                    export: None,
+                }),
+            });
+            table.insert(id.clone(), inst.clone());
+            inst
+        };
+        self.imports().remove(id);
+        let _op = inst.op.clone().lock_owned().await;
+        let stopped = self.set_state(&inst, VmState::Stopped, None);
+        if !imp.manifest.running {
+            return Ok(stopped);
+        }
+        let paths = SnapshotPaths {
+            dir: dir.join("snapshots").join(INCOMING),
+        };
+        self.backend.preflight().await?;
+        self.set_state(&inst, VmState::Booting, None);
+        let restored = self.launch(&inst, Launch::Restore(paths.clone())).await?;
+        let _ = std::fs::remove_dir_all(&paths.dir);
+        Ok(restored)
+    }
+
+    async fn abort_import(&self, id: &VmId) -> Result<(), HypervisorError> {
+        self.imports().remove(id);
+        let dir = self.import_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn only_qemu_vms_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let fc = crate::firecracker::FirecrackerBackend::new(Default::default());
+        let vmm = Vmm::new(
+            Arc::new(fc),
+            ImageCatalog::open(dir.path().join("images")).unwrap(),
+            dir.path().join("vms"),
+        )
+        .unwrap();
+        let id = VmId::new("vm-1").unwrap();
+        let snap = SnapshotId::new("s").unwrap();
+        let e = vmm.export_files(&id, &snap).await.unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
+        let manifest = MigrationManifest {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            disk_size_gib: 1,
+            extra_disks: Vec::new(),
+            running: false,
+            files: Vec::new(),
+        };
+        let req = CreateVm {
+            id,
+            resources: VmResources {
+                vcpu_count: 1,
+                mem_size_mib: 128,
+                disk_size: 1,
+            },
+            kernel: ImageName::new("k").unwrap(),
+            initrd: None,
+            rootfs: ImageName::new("r").unwrap(),
+            boot_args: None,
+            labels: Default::default(),
+        };
+        let e = vmm.import_files(req, manifest).await.unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
+        assert!(e.to_string().contains("only QEMU"), "{e}");
+    }
+
+    #[test]
+    fn every_file_of_an_import_lands_inside_its_directory() {
+        let dir = Path::new("/base/.import-vm-1");
+        let mut files = vec![VmFile::Root, VmFile::SnapshotState, VmFile::SnapshotMemory];
+        files.extend((0..64).map(VmFile::Disk));
+        let mut seen = std::collections::HashSet::new();
+        for f in files {
+            let p = import_path(dir, f);
+            assert!(p.starts_with(dir), "{f} -> {}", p.display());
+            assert!(
+                p.components().all(|c| matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::RootDir
+                )),
+                "{f} -> {}",
+                p.display()
+            );
+            assert!(seen.insert(p), "two files share a path");
+        }
     }
 }

@@ -15,6 +15,7 @@ mod error;
 mod extract;
 pub mod fleet;
 pub mod metrics;
+mod migrate;
 mod nodes;
 pub mod observe;
 pub mod openapi;

@@ -16,9 +16,10 @@ use vmfleet_wire::api::{
     ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse, CoredumpResponse,
     CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest, CreateNodeResponse,
     CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest, LoginRequest,
-    LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest,
-    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
-    StopVmRequest, VmInfo, VmRef,
+    LoginResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse, MigrationTicket,
+    NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest, ResizeMemoryRequest,
+    ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo,
+    VmRef,
 };
 use vmfleet_wire::containers::{ContainerView, CreateContainerRequest, UsageQuery, UsageView};
 
@@ -308,8 +309,22 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     .body(schema::<AddFsRequest>)
     .ok(200, schema::<AddDeviceResponse>)
     .errors(VM_ERRORS),
-    op(POST, "/vm/migrate/to", "Not implemented yet"),
-    op(POST, "/vm/migrate/from", "Not implemented yet"),
+    op(
+        POST,
+        "/vm/migrate/to",
+        "Migrate a VM to another node (cold: snapshot, transfer, restore); answers at once with state migrating",
+    )
+    .body(schema::<MigrateToRequest>)
+    .ok(200, schema::<MigrateToResponse>)
+    .errors(VM_ERRORS),
+    op(
+        POST,
+        "/vm/migrate/from",
+        "Reserve room on a target node for a VM to migrate there: a ticket for /vm/migrate/to",
+    )
+    .body(schema::<MigrateFromRequest>)
+    .ok(200, schema::<MigrationTicket>)
+    .errors(VM_ERRORS),
     op(
         POST,
         "/nodes",

@@ -80,15 +80,34 @@ impl Heartbeats {
     }
 }
 
-/// Writes the accepted heartbeats every [`HEARTBEAT_FLUSH`] until the registry is gone.
+/// How many heartbeat flushes between two sweeps for migrations whose control plane is gone.
+const MIGRATION_SWEEP_EVERY: u32 = 60;
+
+/// Writes the accepted heartbeats every [`HEARTBEAT_FLUSH`] until the registry is gone, and
+/// now and then puts the VMs whose migration was abandoned (its ticket lapsed: the control
+/// plane running it is gone) in `unknown`, for their nodes' reports to settle.
 async fn flush_heartbeats(store: Store, heartbeats: std::sync::Weak<Heartbeats>) {
     let mut tick = tokio::time::interval(HEARTBEAT_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
         let Some(hb) = heartbeats.upgrade() else {
             return;
         };
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(MIGRATION_SWEEP_EVERY) {
+            let reason = "its migration was abandoned (the control plane running it stopped): \
+                          its node's next report says how it is";
+            match store.abandon_stale_migrations(reason).await {
+                Ok(lost) => {
+                    for vm in lost {
+                        tracing::warn!(vm = %vm.id, "a migration was abandoned");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot sweep abandoned migrations"),
+            }
+        }
         let batch: Vec<_> = hb
             .pending()
             .drain()
@@ -412,6 +431,11 @@ impl NodeRegistry for StoreRegistry {
         if vm.state == VmState::Deleted {
             return Ok(());
         }
+        if vm.state == VmState::Migrating {
+            // The migration owns the VM's state until it ends (its source pauses and resumes
+            // the guest on the way); it records the outcome itself.
+            return Ok(());
+        }
         // A VM's run is a rental: it starts when the guest runs and ends when it stops. Who
         // waits on the run hears of it once the state is recorded.
         let confirm = if report.state == VmState::Running {
@@ -423,17 +447,18 @@ impl NodeRegistry for StoreRegistry {
         } else {
             None
         };
+        // A report that repeats the state with no reason keeps the control plane's note (why
+        // a migration failed, say): the node has nothing to say about it.
+        let reason = match (&report.reason, vm.state == report.state) {
+            (None, true) => vm.state_reason.clone(),
+            (r, _) => r.clone(),
+        };
         let unchanged = vm.state == report.state
-            && vm.state_reason == report.reason
+            && vm.state_reason == reason
             && (report.ip_address.is_none() || vm.ip == report.ip_address);
         if !unchanged {
-            self.set_state(
-                &vm,
-                report.state,
-                report.reason.as_deref(),
-                report.ip_address,
-            )
-            .await?;
+            self.set_state(&vm, report.state, reason.as_deref(), report.ip_address)
+                .await?;
         }
         if let Some((rental, what)) = confirm {
             self.confirmations.resolve(&rental, node, what);

@@ -469,6 +469,18 @@ impl Scheduler {
         Ok(!self.candidates(wanted).await?.is_empty())
     }
 
+    /// The `ONLINE` nodes other than `except` with room for `wanted` now, in the policy's
+    /// order: where a VM on `except` may migrate (placement checks again).
+    pub async fn targets(
+        &self,
+        wanted: &Resources,
+        except: &NodeId,
+    ) -> Result<Vec<NodeId>, StoreError> {
+        let mut all = self.candidates(wanted).await?;
+        all.retain(|n| n != except);
+        Ok(all)
+    }
+
     /// The `ONLINE` nodes with room for `wanted` now, in the policy's order.
     async fn candidates(&self, wanted: &Resources) -> Result<Vec<NodeId>, StoreError> {
         let mut fits = Vec::new();

@@ -3,8 +3,8 @@
 //! `/vm/reboot`, `/vm/power-button`, `/vm/delete`, `/vm/info`, `/vm/list`, `/vm/snapshot`,
 //! `/vm/restore`, `/vm/commit`, `/vm/coredump`, `/vm/resize/vcpu`, `/vm/resize/memory`,
 //! `/vm/disk/add`, `/vm/device/add`, `/vm/device/remove`, `/vm/fs/add` (cold-plug: the VM
-//! stopped); the other planned endpoints answer 501 with what is missing, never a silent
-//! success.
+//! stopped); `/vm/migrate/*` live in [`crate::migrate`]. What a VM's driver cannot do
+//! answers 501 saying so, never a silent success.
 //!
 //! Ownership: the `owner` of a request must be the caller's wallet (403 otherwise) unless the
 //! caller is admin; another owner's VM is a 404, as if it did not exist; `/vm/list` shows the
@@ -77,7 +77,7 @@ impl InFlight {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn hold(&self, vm: &VmId) -> Result<Hold, ApiError> {
+    pub(crate) fn hold(&self, vm: &VmId) -> Result<Hold, ApiError> {
         if self.lock().insert(vm.clone()) {
             Ok(Hold {
                 set: self.clone(),
@@ -92,7 +92,7 @@ impl InFlight {
 }
 
 /// The caller may act for `owner` with `perm`: its own wallet, or any as admin.
-fn authorize(
+pub(crate) fn authorize(
     token: &VerifiedToken,
     owner: &WalletAddress,
     perm: Permission,
@@ -161,11 +161,13 @@ pub(crate) fn info(vm: &VmRecord) -> VmInfo {
         ip_address: vm.ip,
         created_at: vm.created_at.unix_seconds(),
         updated_at: vm.updated_at.unix_seconds(),
+        node: vm.node.clone(),
+        message: vm.state_reason.clone(),
     }
 }
 
 /// A node's refusal as the REST API says it.
-fn refusal(reply: &VmCommandReply) -> ApiError {
+pub(crate) fn refusal(reply: &VmCommandReply) -> ApiError {
     let message = reply
         .message
         .clone()
@@ -425,6 +427,7 @@ fn op_name(op: VmOp) -> &'static str {
         VmOp::AddDisk => "vm.add_disk",
         VmOp::ChangeDevices => "vm.change_devices",
         VmOp::Delete => "vm.delete",
+        VmOp::Migrate => "vm.migrate",
     }
 }
 
@@ -876,12 +879,4 @@ pub(crate) async fn remove_device(
     )
     .await?;
     Ok(Json(ActionResponse::new(message)))
-}
-
-/// The planned endpoints no node can do yet: 501, saying so.
-pub(crate) async fn not_yet(Caller(_): Caller, uri: axum::http::Uri) -> ApiError {
-    ApiError::Unsupported(format!(
-        "{} is not supported by vmfleet's nodes yet",
-        uri.path()
-    ))
 }

@@ -39,8 +39,8 @@ use sqlx::{ConnectOptions, Connection, Executor};
 
 pub use error::StoreError;
 pub use model::{
-    Actor, ApiToken, ApiTokenCredential, ApiTokenId, AuditEntry, AuditTarget, NewVm, Node,
-    NodeStatus, Rental, Resources, Usage, UsageRecord, User, VmRecord, WorkloadKind,
+    Actor, ApiToken, ApiTokenCredential, ApiTokenId, AuditEntry, AuditTarget, MigrationTicket,
+    NewVm, Node, NodeStatus, Rental, Resources, Usage, UsageRecord, User, VmRecord, WorkloadKind,
 };
 pub use nodes::MAX_NODE_NAME;
 

@@ -34,6 +34,11 @@ const SQLITE: &[Version] = &[
         "api_token_scopes",
         include_str!("../migrations/sqlite/0003_api_token_scopes.sql"),
     ),
+    (
+        4,
+        "migrations",
+        include_str!("../migrations/sqlite/0004_migrations.sql"),
+    ),
 ];
 
 const POSTGRES: &[Version] = &[
@@ -51,6 +56,11 @@ const POSTGRES: &[Version] = &[
         3,
         "api_token_scopes",
         include_str!("../migrations/postgres/0003_api_token_scopes.sql"),
+    ),
+    (
+        4,
+        "migrations",
+        include_str!("../migrations/postgres/0004_migrations.sql"),
     ),
 ];
 

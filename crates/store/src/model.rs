@@ -187,6 +187,24 @@ pub struct VmRecord {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub deleted_at: Option<Timestamp>,
+    /// Its migration ticket, while it has one (expired ones included: see
+    /// [`MigrationTicket::expires_at`]).
+    pub migration: Option<MigrationTicket>,
+}
+
+/// Room reserved on another node for a VM that is to move there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTicket {
+    pub id: vmfleet_core::MigrationId,
+    pub node: NodeId,
+    /// After this the room is free again and the ticket is void.
+    pub expires_at: Timestamp,
+}
+
+impl MigrationTicket {
+    pub fn is_live(&self) -> bool {
+        self.expires_at.unix_millis() > Timestamp::now().unix_millis()
+    }
 }
 
 /// A period during which a VM or container runs on a node, at the size it had when it started.

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use sqlx::any::AnyRow;
 use vmfleet_core::{
-    ContainerId, NodeId, RentalId, Timestamp, VmId, VmName, VmState, WalletAddress,
+    ContainerId, MigrationId, NodeId, RentalId, Timestamp, VmId, VmName, VmState, WalletAddress,
 };
 
 use crate::error::{StoreError, is_foreign_key_violation, is_unique_violation, not_found};
@@ -19,11 +19,12 @@ use crate::row::{
     int, json, opt_json, opt_parsed, opt_text, opt_time, parsed, resource_values, resources, text,
     time,
 };
-use crate::{NewVm, NodeStatus, Resources, Result, Store, VmRecord, now_millis};
+use crate::{MigrationTicket, NewVm, NodeStatus, Resources, Result, Store, VmRecord, now_millis};
 
 const COLS: &str = "id, kind, owner, name, node_id, spec, vcpus, memory_mib, disk_gib, gpus, \
                     state, state_reason, ip, rental_id, container_id, connection_info, \
-                    unknown_since, created_at, updated_at, deleted_at";
+                    unknown_since, created_at, updated_at, deleted_at, migration_id, \
+                    migration_node_id, migration_expires_at";
 
 fn vm(row: &AnyRow) -> Result<VmRecord> {
     Ok(VmRecord {
@@ -44,6 +45,18 @@ fn vm(row: &AnyRow) -> Result<VmRecord> {
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         deleted_at: opt_time(row, "deleted_at")?,
+        migration: match (
+            opt_parsed::<MigrationId>(row, "migration_id")?,
+            opt_parsed::<NodeId>(row, "migration_node_id")?,
+            opt_time(row, "migration_expires_at")?,
+        ) {
+            (Some(id), Some(node), Some(expires_at)) => Some(MigrationTicket {
+                id,
+                node,
+                expires_at,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -336,6 +349,7 @@ impl Store {
     pub async fn used_resources(&self, node: &NodeId) -> Result<Resources> {
         let row = sqlx::query(USED_SQL)
             .bind(node.as_str())
+            .bind(now_millis())
             .fetch_one(&self.pool)
             .await?;
         resources(&row, "")
@@ -385,6 +399,7 @@ impl Store {
 
         let used_row = sqlx::query(USED_SQL)
             .bind(node.as_str())
+            .bind(now_millis())
             .fetch_one(&mut *tx)
             .await?;
         let used = resources(&used_row, "")?;
@@ -413,6 +428,198 @@ impl Store {
         Ok(true)
     }
 
+    /// Reserves room on `node` for the placed VM `vm` to move there, as ticket `ticket`
+    /// valid until `expires_at`, if the node is `ONLINE` and has room now (serialised with
+    /// every other placement on the node, as [`Store::reserve`]); says whether it did.
+    ///
+    /// [`StoreError::Conflict`]: the VM is deleted, placed nowhere, already on `node`, or
+    /// holds another ticket that has not expired.
+    pub async fn reserve_migration(
+        &self,
+        vm: &VmId,
+        node: &NodeId,
+        ticket: &MigrationId,
+        expires_at: &Timestamp,
+    ) -> Result<bool> {
+        let now = now_millis();
+        let mut tx = self.begin_write().await?;
+        let locked = sqlx::query(
+            "UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1
+             RETURNING status, cap_vcpus, cap_memory_mib, cap_disk_gib, cap_gpus",
+        )
+        .bind(node.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_found("node", node))?;
+        let status: NodeStatus = parsed(&locked, "status")?;
+        let capacity = resources(&locked, "cap_")?;
+        let row = sqlx::query(
+            "SELECT node_id, state, vcpus, memory_mib, disk_gib, gpus, migration_expires_at
+             FROM vms WHERE id = $1",
+        )
+        .bind(vm.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_found("VM", vm))?;
+        if text(&row, "state")? == VmState::Deleted.as_str() {
+            return Err(StoreError::Conflict(format!("VM {vm} is deleted")));
+        }
+        match opt_parsed::<NodeId>(&row, "node_id")? {
+            None => {
+                return Err(StoreError::Conflict(format!(
+                    "VM {vm} is on no node: boot it instead"
+                )));
+            }
+            Some(current) if current == *node => {
+                return Err(StoreError::Conflict(format!(
+                    "VM {vm} is already on node {node}"
+                )));
+            }
+            Some(_) => {}
+        }
+        if opt_time(&row, "migration_expires_at")?.is_some_and(|t| t.unix_millis() > now) {
+            return Err(StoreError::Conflict(format!(
+                "VM {vm} has a migration under way already"
+            )));
+        }
+        let wanted = resources(&row, "")?;
+        let used_row = sqlx::query(USED_SQL)
+            .bind(node.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let used = resources(&used_row, "")?;
+        if status != NodeStatus::Online || !wanted.fits_in(&capacity.saturating_sub(&used)) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let set = sqlx::query(
+            "UPDATE vms SET migration_id = $2, migration_node_id = $3, migration_expires_at = $4,
+                            updated_at = $5
+             WHERE id = $1 AND state <> 'deleted'",
+        )
+        .bind(vm.as_str())
+        .bind(ticket.as_str())
+        .bind(node.as_str())
+        .bind(expires_at.unix_millis())
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match set {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "migration ticket {ticket} is taken"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        self.changed(vm);
+        Ok(true)
+    }
+
+    /// The live VM holding migration ticket `ticket` (expired or not), if any.
+    pub async fn vm_by_migration(&self, ticket: &MigrationId) -> Result<Option<VmRecord>> {
+        sqlx::query(&format!(
+            "SELECT {COLS} FROM vms WHERE migration_id = $1 AND state <> 'deleted'"
+        ))
+        .bind(ticket.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(vm)
+        .transpose()
+    }
+
+    /// Keeps `vm`'s ticket `ticket` (and its room) until `expires_at`; `false` when the
+    /// ticket is gone or expired already.
+    pub async fn extend_migration(
+        &self,
+        vm: &VmId,
+        ticket: &MigrationId,
+        expires_at: &Timestamp,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE vms SET migration_expires_at = $3
+             WHERE id = $1 AND migration_id = $2 AND migration_expires_at > $4
+                   AND state <> 'deleted'",
+        )
+        .bind(vm.as_str())
+        .bind(ticket.as_str())
+        .bind(expires_at.unix_millis())
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Drops `vm`'s ticket `ticket`, freeing its room; nothing when it holds another.
+    pub async fn release_migration(&self, vm: &VmId, ticket: &MigrationId) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE vms SET migration_id = NULL, migration_node_id = NULL,
+                            migration_expires_at = NULL
+             WHERE id = $1 AND migration_id = $2",
+        )
+        .bind(vm.as_str())
+        .bind(ticket.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            self.changed(vm);
+        }
+        Ok(())
+    }
+
+    /// The VM moved: it is placed on its ticket's node (whose room the ticket held) and the
+    /// ticket is spent. [`StoreError::Conflict`] when it holds no such ticket any more.
+    pub async fn complete_migration(&self, vm: &VmId, ticket: &MigrationId) -> Result<VmRecord> {
+        let row = sqlx::query(&format!(
+            "UPDATE vms SET node_id = migration_node_id, migration_id = NULL,
+                            migration_node_id = NULL, migration_expires_at = NULL, updated_at = $3
+             WHERE id = $1 AND migration_id = $2 AND migration_node_id IS NOT NULL
+                   AND state <> 'deleted'
+             RETURNING {COLS}"
+        ))
+        .bind(vm.as_str())
+        .bind(ticket.as_str())
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Conflict(format!("VM {vm} no longer holds migration ticket {ticket}"))
+        })?;
+        self.changed(vm);
+        crate::vms::vm(&row)
+    }
+
+    /// The VMs left `migrating` whose ticket lapsed (a running migration keeps extending
+    /// it, so its control plane is gone) become `unknown` with `reason`, their tickets
+    /// dropped: their nodes' next reports say how they are. Returns them.
+    pub async fn abandon_stale_migrations(&self, reason: &str) -> Result<Vec<VmRecord>> {
+        let now = now_millis();
+        sqlx::query(&format!(
+            "UPDATE vms SET state = 'unknown', state_reason = $1,
+                            unknown_since = COALESCE(unknown_since, $2), updated_at = $2,
+                            migration_id = NULL, migration_node_id = NULL,
+                            migration_expires_at = NULL
+             WHERE state = 'migrating'
+                   AND ((migration_expires_at IS NULL AND updated_at <= $3)
+                        OR migration_expires_at <= $2)
+             RETURNING {COLS}"
+        ))
+        .bind(reason)
+        .bind(now)
+        // A grace period for a migration between dropping its ticket and recording its end.
+        .bind(now - 60_000)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(vm)
+        .collect::<Result<Vec<_>>>()
+        .inspect(|lost| lost.iter().for_each(|v| self.changed(&v.id)))
+    }
+
     /// The error for an update that matched no live row: not found, or deleted.
     async fn refusal_for_deleted(&self, id: &VmId) -> StoreError {
         match self.get_vm(id).await {
@@ -422,10 +629,12 @@ impl Store {
     }
 }
 
-/// The resources taken on node `$1` by its live workloads. (SUM is cast: PostgreSQL sums
-/// BIGINTs into NUMERIC, which the Any driver cannot read.)
+/// The resources taken on node `$1` by its live workloads and by the VMs with a migration
+/// ticket to it that has not expired at `$2` (unix milliseconds). (SUM is cast: PostgreSQL
+/// sums BIGINTs into NUMERIC, which the Any driver cannot read.)
 const USED_SQL: &str = "SELECT CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus,
         CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib,
         CAST(COALESCE(SUM(disk_gib), 0) AS BIGINT) AS disk_gib,
         CAST(COALESCE(SUM(gpus), 0) AS BIGINT) AS gpus
-    FROM vms WHERE node_id = $1 AND state <> 'deleted'";
+    FROM vms WHERE state <> 'deleted'
+        AND (node_id = $1 OR (migration_node_id = $1 AND migration_expires_at > $2))";

@@ -529,3 +529,64 @@ pub fn admin_token(plane: &vmfleet_cli::ControlPlane) -> String {
         .trim()
         .to_owned()
 }
+
+/// A node beside a control plane: registered through `POST /nodes`, its agent (in this
+/// process) dialling the control plane with a QEMU (TCG) hypervisor whose VMs live under its
+/// own directory.
+pub struct TestNode {
+    pub id: vmfleet_core::NodeId,
+    pub vmm: std::sync::Arc<dyn vmfleet_hypervisor::Hypervisor>,
+    /// Where its VMs' directories are.
+    pub vms_dir: PathBuf,
+    pub agent: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.agent.abort();
+    }
+}
+
+/// Registers node `name` with the control plane at `base` and starts its agent over `dir`;
+/// returns once the node is online with its capacity known.
+pub async fn start_node(base: &str, admin: &str, name: &str, dir: &Path) -> TestNode {
+    use vmfleet_hypervisor::qemu::{Accel, QemuBackend, QemuConfig};
+    let reg = register_node(base, admin, name).await;
+    std::fs::create_dir_all(dir).unwrap();
+    let vms_dir = dir.join("vms");
+    let vmm: std::sync::Arc<dyn vmfleet_hypervisor::Hypervisor> = std::sync::Arc::new(
+        vmfleet_hypervisor::Vmm::new(
+            std::sync::Arc::new(QemuBackend::new(QemuConfig {
+                accel: Accel::Tcg,
+                ..QemuConfig::default()
+            })),
+            guest_catalog(&dir.join("images")),
+            &vms_dir,
+        )
+        .unwrap(),
+    );
+    let upstream = vmfleet_agent::upstream::Upstream::new(
+        base,
+        reg.host_api_key,
+        Duration::from_secs(1),
+        None,
+        vmfleet_agent::host::HostSampler::new(dir),
+    )
+    .with_vms(vmm.clone());
+    let agent = tokio::spawn(async move { upstream.run(std::future::pending()).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !list_nodes(base, admin).await.iter().any(|n| {
+        n.node_id == reg.node_id
+            && n.status == vmfleet_wire::api::NodeState::Online
+            && n.capacity.vcpus > 0
+    }) {
+        assert!(Instant::now() < deadline, "node {name} never came online");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    TestNode {
+        id: reg.node_id,
+        vmm,
+        vms_dir,
+        agent,
+    }
+}

@@ -280,13 +280,6 @@ async fn the_vm_api_drives_real_guests() {
     assert_eq!(status, 200, "{body}");
     api.wait_state(&token, &mine, &me, "running").await;
 
-    // Planned endpoints no node can do yet say so.
-    for path in ["/vm/migrate/to", "/vm/migrate/from"] {
-        let body = json!({"build_id": mine, "owner": me, "size_gb": 1});
-        let (status, body) = api.post(path, &token, body).await;
-        assert_eq!(status, 501, "{path}: {body}");
-        assert_eq!(body["success"], json!(false));
-    }
     // Bad input is a JSON 400.
     let (status, body) = api
         .post("/vm/stop", &token, json!({"build_id": mine}))

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use vmfleet_auth::Permission;
 use vmfleet_core::{
-    ApiTokenId, ChecksumAddress, Device, DeviceId, ImageName, NodeId, SharePath, ShareTag,
-    SnapshotId, VmId, VmName, VmResources, VmState, WalletAddress,
+    ApiTokenId, ChecksumAddress, Device, DeviceId, ImageName, MigrationId, NodeId, SharePath,
+    ShareTag, SnapshotId, VmId, VmName, VmResources, VmState, WalletAddress,
 };
 
 use crate::flag::Success;
@@ -127,6 +127,55 @@ pub struct VmRef {
     pub owner: WalletAddress,
 }
 
+/// `POST /vm/migrate/from`: prepares a node to receive VM `build_id`. The scheduler picks an
+/// `ONLINE` node with room other than the VM's own; only an admin may name `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MigrateFromRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+}
+
+/// The answer to `/vm/migrate/from`: room is reserved on `node` for the VM until
+/// `expires_at` (unix seconds) unless `/vm/migrate/to` uses the ticket before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MigrationTicket {
+    pub success: Success<true>,
+    pub migration_id: MigrationId,
+    pub node: NodeId,
+    pub expires_at: i64,
+}
+
+/// `POST /vm/migrate/to`: moves VM `build_id` to the node of ticket `migration_id`, or, with
+/// none, to a node the scheduler picks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MigrateToRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_id: Option<MigrationId>,
+}
+
+/// The answer to `/vm/migrate/to`: the migration goes on in the background (state
+/// `migrating`); its progress and end show in `/vm/info` and on the WebSocket status stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MigrateToResponse {
+    pub success: Success<true>,
+    pub message: String,
+    pub migration_id: MigrationId,
+    pub node: NodeId,
+    pub state: VmState,
+}
+
 /// `POST /vm/stop`: graceful unless `force`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
@@ -181,6 +230,12 @@ pub struct VmInfo {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// The node it is placed on, once it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// Why it is in its state: an error's reason, a migration's progress or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `POST /vm/snapshot`.

@@ -15,6 +15,10 @@ pub use crate::fleet_vm::{
     Base64, ConsoleData, ConsoleRef, CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode,
     VmMetrics, VmOperation, VmReport,
 };
+pub use crate::migration::{
+    ExtraDisk, FileChunk, MAX_CHUNK_BYTES, MAX_EXTRA_DISKS, ManifestError, ManifestFile,
+    MigrationManifest, Sha256, VmFile,
+};
 
 /// The namespace agents connect to.
 pub const NAMESPACE: &str = "/fleet";

@@ -25,6 +25,8 @@ use vmfleet_core::{
     Device, DeviceId, ImageName, RequestId, SharePath, ShareTag, SnapshotId, VmId, VmState,
 };
 
+use crate::migration::{FileChunk, MigrationManifest, Sha256, VmFile};
+
 /// `vm_command`: run one operation on a VM of this node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -104,6 +106,53 @@ pub enum VmOperation {
     Status,
     /// Answers with the VM's resource usage.
     Metrics,
+    /// Migration, source side: a running VM is paused and its memory and devices saved as
+    /// snapshot `snapshot_id` (it stays paused); answers with the [`MigrationManifest`] of
+    /// the files that move with it.
+    ExportBegin {
+        snapshot_id: SnapshotId,
+    },
+    /// Migration, source side: up to `len` bytes (at most [`crate::fleet::MAX_CHUNK_BYTES`])
+    /// of an exported file from `offset` on, holes skipped; answers with a [`FileChunk`].
+    ReadChunk {
+        file: VmFile,
+        offset: u64,
+        len: u64,
+    },
+    /// Migration, source side, on a failure: the export's snapshot removed and the VM
+    /// resumed if it ran before.
+    ExportAbort {
+        snapshot_id: SnapshotId,
+    },
+    /// Migration, target side: prepares to receive the VM `spec` describes (its images; its
+    /// size and disks come from `manifest`), with empty sparse files of the manifest's sizes.
+    ImportBegin {
+        spec: CreateVmSpec,
+        manifest: MigrationManifest,
+    },
+    /// Migration, target side: bytes of a file being received; `sha256` is checked first.
+    WriteChunk {
+        file: VmFile,
+        offset: u64,
+        data: Base64,
+        sha256: Sha256,
+    },
+    /// Migration, target side: every file checked against the manifest, then the VM defined
+    /// here and restored from its snapshot (running) or left stopped.
+    ImportCommit,
+    /// Migration, target side: what an import received so far removed.
+    ImportAbort,
+}
+
+impl VmOperation {
+    /// Whether the operation carries or answers file bytes: such commands are not remembered
+    /// by request id (they are idempotent, and their answers too big to keep).
+    pub fn is_transfer(&self) -> bool {
+        matches!(
+            self,
+            VmOperation::ReadChunk { .. } | VmOperation::WriteChunk { .. }
+        )
+    }
 }
 
 fn default_stop_timeout() -> u32 {
@@ -135,6 +184,13 @@ impl VmOperation {
             VmOperation::Commit { .. } => "commit",
             VmOperation::Status => "status",
             VmOperation::Metrics => "metrics",
+            VmOperation::ExportBegin { .. } => "export_begin",
+            VmOperation::ReadChunk { .. } => "read_chunk",
+            VmOperation::ExportAbort { .. } => "export_abort",
+            VmOperation::ImportBegin { .. } => "import_begin",
+            VmOperation::WriteChunk { .. } => "write_chunk",
+            VmOperation::ImportCommit => "import_commit",
+            VmOperation::ImportAbort => "import_abort",
         }
     }
 }
@@ -179,6 +235,12 @@ pub struct VmCommandReply {
     /// What the operation made: a core file's path on the node, a committed image's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// For `export_begin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<MigrationManifest>,
+    /// For `read_chunk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<FileChunk>,
 }
 
 impl VmCommandReply {
@@ -190,6 +252,8 @@ impl VmCommandReply {
             vm,
             metrics: None,
             artifact: None,
+            manifest: None,
+            chunk: None,
         }
     }
 
@@ -201,6 +265,8 @@ impl VmCommandReply {
             vm: None,
             metrics: None,
             artifact: None,
+            manifest: None,
+            chunk: None,
         }
     }
 }

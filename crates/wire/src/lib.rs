@@ -19,6 +19,7 @@ mod error;
 mod flag;
 pub mod fleet;
 mod fleet_vm;
+mod migration;
 pub mod node;
 pub mod sio;
 pub mod ws;

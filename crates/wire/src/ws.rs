@@ -62,7 +62,8 @@ impl From<VmState> for WsVmStatus {
         match s {
             VmState::Booting | VmState::Running | VmState::Stopping => WsVmStatus::Running,
             VmState::Created | VmState::Stopped | VmState::Deleted => WsVmStatus::Stopped,
-            VmState::Paused => WsVmStatus::Paused,
+            // A cold migration: the guest does not run until it is on its new node.
+            VmState::Paused | VmState::Migrating => WsVmStatus::Paused,
             VmState::Error => WsVmStatus::Error,
             VmState::Unknown => WsVmStatus::Unknown,
         }

@@ -8,7 +8,122 @@ use crate::common::{TestDb, new_vm, on_both_backends, online_node, res, user};
 on_both_backends!(
     reserve_checks_room_and_status,
     parallel_reservations_never_overbook,
+    a_migration_ticket_holds_room_until_it_expires_or_ends,
 );
+
+async fn a_migration_ticket_holds_room_until_it_expires_or_ends(db: &TestDb) {
+    use vmfleet_core::{MigrationId, Timestamp};
+    let s = &db.store;
+    let a = user(s, 1).await;
+    let src = online_node(s, "src", res(4, 4096, 100, 0)).await;
+    let dst = online_node(s, "dst", res(2, 2048, 100, 0)).await;
+    let vm = crate::common::placed_vm(s, a, "mover", &src.id, res(2, 2048, 10, 0)).await;
+    let later = Timestamp::from_unix_millis(Timestamp::now().unix_millis() + 600_000);
+    let past = Timestamp::from_unix_millis(Timestamp::now().unix_millis() - 1);
+
+    // Not to its own node; not for a VM on no node.
+    let t1 = MigrationId::generate();
+    let e = s
+        .reserve_migration(&vm.id, &src.id, &t1, &later)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let loose = s
+        .insert_vm(&new_vm(a, "loose", res(1, 64, 1, 0)))
+        .await
+        .unwrap();
+    let e = s
+        .reserve_migration(&loose.id, &dst.id, &t1, &later)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+
+    // The ticket's room counts on the target: nothing else fits there meanwhile.
+    assert!(
+        s.reserve_migration(&vm.id, &dst.id, &t1, &later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.used_resources(&dst.id).await.unwrap(),
+        res(2, 2048, 10, 0)
+    );
+    assert!(!s.reserve(&dst.id, &loose.id).await.unwrap());
+    let held = s.vm_by_migration(&t1).await.unwrap().unwrap();
+    let ticket = held.migration.unwrap();
+    assert!(ticket.is_live());
+    assert_eq!(ticket.node, dst.id);
+    // One ticket per VM at a time.
+    let t2 = MigrationId::generate();
+    let e = s
+        .reserve_migration(&vm.id, &dst.id, &t2, &later)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+
+    // Released, the room is free again; an expired ticket holds nothing either.
+    s.release_migration(&vm.id, &t1).await.unwrap();
+    assert_eq!(s.used_resources(&dst.id).await.unwrap(), res(0, 0, 0, 0));
+    assert!(
+        s.reserve_migration(&vm.id, &dst.id, &t2, &past)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.used_resources(&dst.id).await.unwrap(), res(0, 0, 0, 0));
+    assert!(!s.extend_migration(&vm.id, &t2, &later).await.unwrap());
+    assert!(
+        !s.vm_by_migration(&t2)
+            .await
+            .unwrap()
+            .unwrap()
+            .migration
+            .unwrap()
+            .is_live()
+    );
+    // A VM left migrating under a lapsed ticket (its control plane is gone) is swept to
+    // `unknown`, its ticket dropped; a live migration is left alone.
+    s.update_vm_state(&vm.id, vmfleet_core::VmState::Migrating, None, None)
+        .await
+        .unwrap();
+    let swept = s.abandon_stale_migrations("gone").await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].state, vmfleet_core::VmState::Unknown);
+    assert_eq!(swept[0].migration, None);
+    assert_eq!(swept[0].state_reason.as_deref(), Some("gone"));
+    let t2b = MigrationId::generate();
+    assert!(
+        s.reserve_migration(&vm.id, &dst.id, &t2b, &later)
+            .await
+            .unwrap()
+    );
+    s.update_vm_state(&vm.id, vmfleet_core::VmState::Migrating, None, None)
+        .await
+        .unwrap();
+    assert!(s.abandon_stale_migrations("gone").await.unwrap().is_empty());
+    s.release_migration(&vm.id, &t2b).await.unwrap();
+    s.update_vm_state(&vm.id, vmfleet_core::VmState::Running, None, None)
+        .await
+        .unwrap();
+
+    // Completed, the VM is placed on the target and the ticket is spent.
+    let t3 = MigrationId::generate();
+    assert!(
+        s.reserve_migration(&vm.id, &dst.id, &t3, &later)
+            .await
+            .unwrap()
+    );
+    assert!(s.extend_migration(&vm.id, &t3, &later).await.unwrap());
+    let moved = s.complete_migration(&vm.id, &t3).await.unwrap();
+    assert_eq!(moved.node, Some(dst.id.clone()));
+    assert_eq!(moved.migration, None);
+    assert_eq!(s.used_resources(&src.id).await.unwrap(), res(0, 0, 0, 0));
+    assert_eq!(
+        s.used_resources(&dst.id).await.unwrap(),
+        res(2, 2048, 10, 0)
+    );
+    let e = s.complete_migration(&vm.id, &t3).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+}
 
 async fn reserve_checks_room_and_status(db: &TestDb) {
     let s = &db.store;
