@@ -50,7 +50,7 @@ use crate::error::ApiError;
 use crate::extract::Body;
 use crate::fleet::{Fleet, FleetError};
 use crate::nodes::store;
-use crate::vms::{ANSWER_WITHIN, authorize, fleet, owned, refusal};
+use crate::vms::{ANSWER_WITHIN, Hold, authorize, fleet, owned, refusal};
 
 /// How long an unused ticket holds its room.
 pub const TICKET_TTL: Duration = Duration::from_secs(600);
@@ -265,10 +265,7 @@ pub(crate) async fn migrate_to(
         snapshot: SnapshotId::new(format!("migration-{}", ticket.as_str()))
             .map_err(|e| ApiError::Internal(Box::new(e)))?,
     };
-    tokio::spawn(async move {
-        let _hold = hold;
-        migration.run(first_step).await;
-    });
+    tokio::spawn(migration.run(hold, first_step));
     // The first step (the source's snapshot) usually ends quickly; its refusal (a driver
     // that cannot migrate, a node that is gone) is the answer's.
     if let Ok(Ok(Err(e))) = tokio::time::timeout(ANSWER_WITHIN, first_step_done).await {
@@ -339,16 +336,22 @@ struct Reached {
 }
 
 impl Migration {
-    async fn run(self, first_step: tokio::sync::oneshot::Sender<Result<(), ApiError>>) {
+    /// Runs the migration to its end under `hold`, which goes just before the VM's last
+    /// state is shown: whoever sees that state may act on the VM at once.
+    async fn run(self, hold: Hold, first_step: tokio::sync::oneshot::Sender<Result<(), ApiError>>) {
         let mut reached = Reached::default();
         let mut first_step = Some(first_step);
         let outcome = self.transfer(&mut reached, &mut first_step).await;
         let failure = match outcome {
-            Ok(()) => return,
+            Ok(report) => {
+                drop(hold);
+                self.finish(&report).await;
+                return;
+            }
             Err(f) => f,
         };
         tracing::warn!(vm = %self.vm, reason = %failure.reason, "migration failed; rolling back");
-        self.rollback(&reached, &failure.reason).await;
+        self.rollback(hold, &reached, &failure.reason).await;
         if let Some(tx) = first_step.take() {
             let _ = tx.send(Err(failure.api_error()));
         }
@@ -410,7 +413,7 @@ impl Migration {
         &self,
         reached: &mut Reached,
         first_step: &mut Option<tokio::sync::oneshot::Sender<Result<(), ApiError>>>,
-    ) -> Result<(), Failure> {
+    ) -> Result<VmReport, Failure> {
         let (source, target) = (self.source.clone(), self.target.clone());
         self.progress("saving the guest's state on the source")
             .await?;
@@ -482,9 +485,9 @@ impl Migration {
             json!({ "node": target.as_str(), "state": report.state.as_str() }),
         )
         .await;
-        self.move_record(&report).await?;
+        self.move_record().await?;
 
-        // The target runs it: only now does the source's copy go.
+        // The target has it: only now does the source's copy go.
         if let Err(f) = self.cmd(&source, VmOperation::Delete, STEP_TIMEOUT).await {
             tracing::error!(vm = %self.vm, reason = %f.reason, "the source kept its copy of a migrated VM");
             self.audit(
@@ -493,12 +496,33 @@ impl Migration {
             )
             .await;
         }
+        Ok(report)
+    }
+
+    /// Shows the VM as the target reported it: the migration's end.
+    async fn finish(&self, report: &VmReport) {
+        let state = match report.state {
+            VmState::Running | VmState::Booting => VmState::Running,
+            VmState::Paused => VmState::Paused,
+            _ => VmState::Stopped,
+        };
+        // Leaving `migrating` first: the registry leaves a migrating VM's state alone.
+        if let Err(e) = self
+            .store
+            .update_vm_state(&self.vm, state, None, report.ip_address)
+            .await
+        {
+            tracing::error!(vm = %self.vm, error = %e, "cannot record a migrated VM's state");
+        }
+        if let Err(e) = self.fleet.record_vm_state(&self.target, report).await {
+            tracing::warn!(vm = %self.vm, error = %e, "cannot record the target's report");
+        }
         self.audit(
             "vm.migrated",
-            json!({ "from": source.as_str(), "to": target.as_str(), "state": report.state.as_str() }),
+            json!({ "from": self.source.as_str(), "to": self.target.as_str(),
+                    "state": report.state.as_str() }),
         )
         .await;
-        Ok(())
     }
 
     /// Every file, chunk by chunk, from the source to the target, the read of a chunk
@@ -581,8 +605,9 @@ impl Migration {
     }
 
     /// The store follows: the VM placed on the target (its ticket's room), the source's
-    /// rental ended, the target's run recorded (a running guest opens a new rental).
-    async fn move_record(&self, report: &VmReport) -> Result<(), Failure> {
+    /// rental ended. The VM stays `migrating` until the source's copy is gone; a running
+    /// guest's new rental opens when its state is recorded.
+    async fn move_record(&self) -> Result<(), Failure> {
         let store_failed = |e: StoreError| Failure::new(format!("cannot record the move: {e}"));
         let now = self.store.get_vm(&self.vm).await.map_err(store_failed)?;
         self.store
@@ -593,24 +618,19 @@ impl Migration {
             .complete_migration(&self.vm, &self.ticket)
             .await
             .map_err(store_failed)?;
-        let state = match report.state {
-            VmState::Running | VmState::Booting => VmState::Running,
-            VmState::Paused => VmState::Paused,
-            _ => VmState::Stopped,
-        };
-        // Leaving `migrating` first: the registry leaves a migrating VM's state alone.
+        let reason = format!(
+            "migrating to node {}: removing the copy on node {}",
+            self.target, self.source
+        );
         self.store
-            .update_vm_state(&self.vm, state, None, report.ip_address)
+            .update_vm_state(&self.vm, VmState::Migrating, Some(&reason), None)
             .await
             .map_err(store_failed)?;
-        if let Err(e) = self.fleet.record_vm_state(&self.target, report).await {
-            tracing::warn!(vm = %self.vm, error = %e, "cannot record the target's report");
-        }
         Ok(())
     }
 
     /// Puts everything back as it was before the migration, with `reason` shown.
-    async fn rollback(&self, reached: &Reached, reason: &str) {
+    async fn rollback(&self, hold: Hold, reached: &Reached, reason: &str) {
         let target = &self.target;
         if reached.committed {
             if let Err(f) = self.cmd(target, VmOperation::Delete, STEP_TIMEOUT).await {
@@ -648,6 +668,7 @@ impl Migration {
                 }
             }
         }
+        drop(hold);
         if let Err(e) = self
             .store
             .update_vm_state(&self.vm, state, Some(&message), None)
