@@ -80,6 +80,8 @@ pub struct QemuBackend {
     /// Set when `auto` found that KVM opens but cannot run guests here (a nested host):
     /// later launches go straight to TCG.
     kvm_broken: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a probe guest ran under KVM: `auto` asks once, before its first KVM launch.
+    kvm_probed: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 fn proto(message: impl Into<String>) -> HypervisorError {
@@ -91,12 +93,17 @@ fn proto(message: impl Into<String>) -> HypervisorError {
 
 /// Where the KVM device is.
 const KVM: &str = "/dev/kvm";
+/// How long `auto`'s probe guest has to print its first byte under KVM. A kernel with
+/// `earlyprintk` prints within milliseconds where KVM works; on a nested host where it does
+/// not, the guest hangs silently for about 20 s before KVM reports an emulation failure.
+const KVM_PROBE_WAIT: Duration = Duration::from_secs(3);
 
 impl QemuBackend {
     pub fn new(config: QemuConfig) -> Self {
         QemuBackend {
             config,
             kvm_broken: Arc::default(),
+            kvm_probed: Arc::default(),
         }
     }
 
@@ -397,7 +404,21 @@ impl Backend for QemuBackend {
         how: Launch,
     ) -> Result<Box<dyn Guest>, HypervisorError> {
         self.preflight().await?;
-        let accel = self.effective_accel();
+        let mut accel = self.effective_accel();
+        if self.config.accel == Accel::Auto
+            && accel == Accel::Kvm
+            && !*self
+                .kvm_probed
+                .get_or_init(|| self.kvm_runs_guests(&spec.kernel))
+                .await
+        {
+            tracing::warn!(
+                "KVM opens but its probe guest printed nothing in {KVM_PROBE_WAIT:?}; using TCG"
+            );
+            self.kvm_broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            accel = Accel::Tcg;
+        }
         match self.launch_with(spec, dir, how.clone(), accel).await {
             // `auto` means KVM when KVM works: on a host where /dev/kvm opens but QEMU cannot
             // run a guest with it (nested virtualisation), fall back to TCG, once for good.
@@ -419,6 +440,53 @@ impl Backend for QemuBackend {
 }
 
 impl QemuBackend {
+    /// Boots `kernel` under KVM with an early serial console and nothing else, and tells
+    /// whether it printed anything in [`KVM_PROBE_WAIT`]: a host where `/dev/kvm` opens may
+    /// still be unable to run a guest (a nested VM), and its guests hang rather than fail.
+    async fn kvm_runs_guests(&self, kernel: &Path) -> bool {
+        let mut cmd = tokio::process::Command::new(&self.config.binary);
+        cmd.args([
+            "-M",
+            "microvm,accel=kvm",
+            "-cpu",
+            "host",
+            "-smp",
+            "1",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
+        .arg(kernel)
+        .args([
+            "-append",
+            "earlyprintk=serial,ttyS0,115200 console=ttyS0 panic=-1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        let Ok(mut child) = cmd.spawn() else {
+            return false;
+        };
+        let Some(mut out) = child.stdout.take() else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let printed = matches!(
+            tokio::time::timeout(KVM_PROBE_WAIT, out.read(&mut byte)).await,
+            Ok(Ok(1))
+        );
+        let _ = child.kill().await;
+        tracing::info!(printed, "KVM probe guest");
+        printed
+    }
+
     async fn launch_with(
         &self,
         spec: &VmSpec,
