@@ -757,9 +757,11 @@ async fn measure(
     };
     r.name = name.to_owned();
     r.description = match target {
-        Target::Vmfleet => "the real `vmfleet server` (release build): socketioxide, host key \
+        Target::Vmfleet => "the real `vmfleet server` (release build): direct WebSocket \
+                            connections served on its one-thread /fleet runtime, host key \
                             hashed and looked up in SQLite (sqlx), heartbeat decoded to wire \
-                            types and written with `Store::record_heartbeat`, ack."
+                            types, acked, and written with the period's other heartbeats in \
+                            one batch (`Store::record_heartbeats`)."
             .into(),
         Target::Node => "`bench/node-fleet/server.mjs`: socket.io on Node.js, host key hashed \
                          (crypto SHA-256) and looked up in SQLite (better-sqlite3), heartbeat \

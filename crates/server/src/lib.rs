@@ -189,6 +189,54 @@ pub fn app(state: AppState) -> Router {
     router.layer(observe)
 }
 
+/// Who is on the other end of a connection: its address, and the connection's socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The accepted socket, open as long as the connection that carries the request.
+    socket: std::os::fd::RawFd,
+}
+
+impl Peer {
+    /// The connection's socket: open while the request's connection (or what it was
+    /// upgraded to) is.
+    pub(crate) fn socket(&self) -> std::os::fd::RawFd {
+        self.socket
+    }
+}
+
+/// The control plane's listener: axum's accept loop over a [`TcpListener`], with Nagle off
+/// on every accepted connection (a console keystroke, an ack or a WebSocket message is one
+/// small write that must not wait for the peer's delayed ACK, ~40 ms).
+struct Accept(TcpListener);
+
+impl axum::serve::Listener for Accept {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Accept>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Accept>) -> Self {
+        use std::os::fd::AsRawFd;
+        Peer {
+            addr: *stream.remote_addr(),
+            socket: stream.io().as_raw_fd(),
+        }
+    }
+}
+
 /// Serves [`app`] on `listener` until `shutdown` completes, then finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
@@ -204,16 +252,10 @@ pub async fn serve(
             fleet.close().await;
         }
     };
-    // The peer's address keys the rate limit of requests without a token.
-    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // Nagle off on every accepted connection: a console keystroke, an ack or a WebSocket
-    // message is one small write that must not wait for the peer's delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, service)
+    // The peer's address keys the rate limit of requests without a token; its socket lets a
+    // direct `/fleet` connection move to the fleet's own thread.
+    let service = app(state).into_make_service_with_connect_info::<Peer>();
+    axum::serve(Accept(listener), service)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -15,7 +15,6 @@
 //! - Access log: method, path (never the query string, which may carry a token), status,
 //!   latency, request id and caller subject. Headers and bodies are never logged.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -102,8 +101,8 @@ pub(crate) async fn observe(
             ),
             None => (
                 req.extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map_or(RateKey::Anonymous, |c| RateKey::Ip(c.0.ip())),
+                    .get::<ConnectInfo<crate::Peer>>()
+                    .map_or(RateKey::Anonymous, |c| RateKey::Ip(c.0.addr.ip())),
                 state.limiter.limits().anonymous,
             ),
         };

@@ -13,19 +13,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::HeaderMap;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::OnceLock;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use vmfleet_wire::fleet::{Ack, AgentEvent, NAMESPACE, NodeInfo};
 use vmfleet_wire::sio::{self, Packet, PacketKind, eio};
 
 use super::{Fleet, Link, MAX_MESSAGE_BYTES, bearer};
+use crate::Peer;
+use crate::error::ApiError;
 
 /// Engine.IO's heartbeat: the server pings this often and waits this long for the pong.
 const PING_INTERVAL: Duration = Duration::from_secs(25);
@@ -59,21 +71,145 @@ fn is_direct(req: &Request) -> bool {
 
 /// The middleware in front of socketioxide's layer: direct WebSocket connections are served
 /// here, everything else goes on.
-pub(crate) async fn intercept(State(fleet): State<Fleet>, req: Request, next: Next) -> Response {
+pub(crate) async fn intercept(
+    State(fleet): State<Fleet>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if !is_direct(&req) {
         return next.run(req).await;
     }
-    let (mut parts, _) = req.into_parts();
-    let headers = parts.headers.clone();
-    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Err(rejection) => rejection.into_response(),
-        Ok(ws) => ws
-            .max_message_size(MAX_MESSAGE_BYTES)
-            .max_frame_size(MAX_MESSAGE_BYTES)
-            .read_buffer_size(SOCKET_BUFFER)
-            .write_buffer_size(SOCKET_BUFFER)
-            .on_upgrade(move |socket| serve(fleet, socket, headers)),
+    let accept = match accept_key(&req) {
+        Ok(accept) => accept,
+        Err(why) => return ApiError::BadRequest(why.into()).into_response(),
+    };
+    let headers = req.headers().clone();
+    let socket = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.socket());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => run(fleet, upgraded, socket, headers).await,
+            Err(e) => tracing::debug!(error = %e, "a /fleet WebSocket upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&accept).unwrap_or(HeaderValue::from_static("")),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// The `Sec-WebSocket-Accept` of a well-formed WebSocket opening handshake (RFC 6455 4.2.1),
+/// or what is wrong with it.
+fn accept_key(req: &Request) -> Result<String, &'static str> {
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if req.version() != axum::http::Version::HTTP_11 {
+        return Err("a /fleet WebSocket opens over HTTP/1.1");
     }
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Err("a /fleet WebSocket needs `Connection: upgrade` and `Upgrade: websocket`");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err("a /fleet WebSocket needs `Sec-WebSocket-Version: 13`");
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("a /fleet WebSocket needs a `Sec-WebSocket-Key`")?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// The WebSocket settings of a direct connection.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+}
+
+/// The runtime that drives every direct connection: one thread, so that a heartbeat is read,
+/// handled and acknowledged without waking another thread (a multi-threaded runtime spent
+/// a third more CPU per heartbeat, in its workers' parking and wake-ups). `None` when the
+/// thread cannot be started: connections then stay on the runtime that accepted them.
+fn fleet_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| tracing::warn!(error = %e, "cannot build the /fleet runtime"))
+                .ok()?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name("vmfleet-fleet".into())
+                .spawn(move || rt.block_on(std::future::pending::<()>()))
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the /fleet thread"))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// A second handle on the upgraded connection's socket, `socket` the descriptor its
+/// [`Peer`] saw at accept. `held` is that connection, borrowed for the call so that its
+/// socket stays open meanwhile.
+fn take_socket(held: &Upgraded, socket: RawFd) -> Option<std::net::TcpStream> {
+    let _ = held;
+    // SAFETY: `socket` is the descriptor of the TCP stream accepted for this request's
+    // connection (recorded by `Peer` at accept); that stream now lives inside `held`,
+    // which is borrowed across this call, so the descriptor is open and still this
+    // connection's. It is only borrowed to duplicate it.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { BorrowedFd::borrow_raw(socket) };
+    let owned = borrowed.try_clone_to_owned().ok()?;
+    let stream = std::net::TcpStream::from(owned);
+    stream.set_nonblocking(true).ok()?;
+    Some(stream)
+}
+
+/// Serves an upgraded connection: on the fleet's own thread when its socket can move there,
+/// else where it is. A client sends nothing after its opening handshake until it has read
+/// the server's (RFC 6455 4.1), so no byte of it waits in the connection's buffer.
+async fn run(fleet: Fleet, upgraded: Upgraded, socket: Option<RawFd>, headers: HeaderMap) {
+    if let Some(rt) = fleet_runtime()
+        && let Some(stream) = socket.and_then(|s| take_socket(&upgraded, s))
+    {
+        drop(upgraded);
+        rt.spawn(async move {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(tcp) => {
+                    let ws = WebSocketStream::from_raw_socket(tcp, Role::Server, Some(ws_config()))
+                        .await;
+                    serve(fleet, ws, headers).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot move a /fleet connection"),
+            }
+        });
+        return;
+    }
+    let io = TokioIo::new(upgraded);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+    serve(fleet, ws, headers).await;
 }
 
 /// What other tasks ask a direct connection's task to do.
@@ -156,7 +292,11 @@ fn session_id() -> String {
 }
 
 /// Serves one direct connection to its end.
-async fn serve(fleet: Fleet, mut socket: WebSocket, headers: HeaderMap) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    fleet: Fleet,
+    mut socket: WebSocketStream<S>,
+    headers: HeaderMap,
+) {
     let sid = session_id();
     let open = serde_json::json!({
         "sid": sid,
@@ -192,7 +332,7 @@ async fn serve(fleet: Fleet, mut socket: WebSocket, headers: HeaderMap) {
     tokio::pin!(timer);
     loop {
         tokio::select! {
-            frame = socket.recv() => {
+            frame = socket.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(_))) | None => break,
@@ -259,15 +399,15 @@ async fn serve(fleet: Fleet, mut socket: WebSocket, headers: HeaderMap) {
 
 /// Waits for the client's connect to `/fleet` and checks its host key: the node, or `None`
 /// once the client was told why not.
-async fn handshake(
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     fleet: &Fleet,
-    socket: &mut WebSocket,
+    socket: &mut WebSocketStream<S>,
     headers: &HeaderMap,
     sid: &str,
 ) -> Option<NodeInfo> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
-        let frame = tokio::time::timeout_at(deadline, socket.recv())
+        let frame = tokio::time::timeout_at(deadline, socket.next())
             .await
             .ok()??;
         let text = match frame {
@@ -398,7 +538,10 @@ async fn on_packet(
     Step::Nothing
 }
 
-async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+    text: String,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     socket.send(Message::Text(text.into())).await
 }
 
