@@ -569,4 +569,40 @@ mod tests {
         assert!(!is_direct(&req("/socket.io/?EIO=3&transport=websocket")));
         assert!(!is_direct(&req("/vm/list?EIO=4&transport=websocket")));
     }
+
+    fn opening(drop_header: Option<&str>) -> Request {
+        let mut b = Request::builder().uri("/socket.io/?EIO=4&transport=websocket");
+        for (name, value) in [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ] {
+            if Some(name) != drop_header {
+                b = b.header(name, value);
+            }
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn the_opening_handshake_is_checked_and_answered_as_rfc_6455_says() {
+        // RFC 6455 1.3's example key and answer.
+        assert_eq!(
+            accept_key(&opening(None)).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        for missing in [
+            "connection",
+            "upgrade",
+            "sec-websocket-version",
+            "sec-websocket-key",
+        ] {
+            let why = accept_key(&opening(Some(missing))).unwrap_err();
+            assert!(why.contains("WebSocket"), "{missing}: {why}");
+        }
+        let mut http10 = opening(None);
+        *http10.version_mut() = axum::http::Version::HTTP_10;
+        assert!(accept_key(&http10).is_err());
+    }
 }
