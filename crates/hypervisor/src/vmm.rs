@@ -245,6 +245,24 @@ impl Vmm {
         &self.catalog
     }
 
+    /// The directory of `id`'s new snapshot `snap`, created; refused when it exists.
+    fn new_snapshot_dir(
+        &self,
+        id: &VmId,
+        snap: &SnapshotId,
+    ) -> Result<SnapshotPaths, HypervisorError> {
+        let paths = SnapshotPaths {
+            dir: self.dir(id).join("snapshots").join(snap.as_str()),
+        };
+        if paths.dir.exists() {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "VM {id} already has a snapshot {snap}"
+            )));
+        }
+        std::fs::create_dir_all(&paths.dir).map_err(HypervisorError::io(&paths.dir))?;
+        Ok(paths)
+    }
+
     fn dir(&self, id: &VmId) -> PathBuf {
         self.base.join(id.as_str())
     }
@@ -968,15 +986,7 @@ impl Hypervisor for Vmm {
         let t = inst.begin(VmOp::Snapshot)?;
         let guest = self.running_guest(&inst)?;
         let was_running = inst.st().state == VmState::Running;
-        let paths = SnapshotPaths {
-            dir: self.dir(id).join("snapshots").join(snap.as_str()),
-        };
-        if paths.dir.exists() {
-            return Err(HypervisorError::InvalidSpec(format!(
-                "VM {id} already has a snapshot {snap}"
-            )));
-        }
-        std::fs::create_dir_all(&paths.dir).map_err(HypervisorError::io(&paths.dir))?;
+        let paths = self.new_snapshot_dir(id, &snap)?;
         if was_running {
             guest.pause().await?;
         }
@@ -1218,15 +1228,7 @@ impl Hypervisor for Vmm {
                 let was_running = state == VmState::Running;
                 if with_snapshot {
                     let guest = self.running_guest(&inst)?;
-                    let paths = SnapshotPaths {
-                        dir: self.dir(id).join("snapshots").join(snap.as_str()),
-                    };
-                    if paths.dir.exists() {
-                        return Err(HypervisorError::InvalidSpec(format!(
-                            "VM {id} already has a snapshot {snap}"
-                        )));
-                    }
-                    std::fs::create_dir_all(&paths.dir).map_err(HypervisorError::io(&paths.dir))?;
+                    let paths = self.new_snapshot_dir(id, snap)?;
                     if was_running {
                         guest.pause().await?;
                         self.set_state(&inst, VmState::Paused, None);

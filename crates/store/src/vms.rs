@@ -60,6 +60,24 @@ fn vm(row: &AnyRow) -> Result<VmRecord> {
     })
 }
 
+/// Takes `node`'s placement lock in `tx` (a row lock on PostgreSQL; SQLite's write lock is
+/// already the transaction's) and reads its status and capacity: a reservation computes the
+/// node's free room only after this.
+async fn lock_node(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    node: &NodeId,
+) -> Result<(NodeStatus, Resources)> {
+    let locked = sqlx::query(
+        "UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1
+         RETURNING status, cap_vcpus, cap_memory_mib, cap_disk_gib, cap_gpus",
+    )
+    .bind(node.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| not_found("node", node))?;
+    Ok((parsed(&locked, "status")?, resources(&locked, "cap_")?))
+}
+
 impl Store {
     /// Records a new VM or container, in state `created` and placed on no node. Its name must
     /// be free among its owner's live workloads ([`StoreError::Conflict`] otherwise) and its
@@ -365,16 +383,7 @@ impl Store {
     /// `Ok(true)`.
     pub async fn reserve(&self, node: &NodeId, vm: &VmId) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let locked = sqlx::query(
-            "UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1
-             RETURNING status, cap_vcpus, cap_memory_mib, cap_disk_gib, cap_gpus",
-        )
-        .bind(node.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| not_found("node", node))?;
-        let status: NodeStatus = parsed(&locked, "status")?;
-        let capacity = resources(&locked, "cap_")?;
+        let (status, capacity) = lock_node(&mut tx, node).await?;
 
         let row = sqlx::query(
             "SELECT node_id, state, vcpus, memory_mib, disk_gib, gpus FROM vms WHERE id = $1",
@@ -443,16 +452,7 @@ impl Store {
     ) -> Result<bool> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
-        let locked = sqlx::query(
-            "UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1
-             RETURNING status, cap_vcpus, cap_memory_mib, cap_disk_gib, cap_gpus",
-        )
-        .bind(node.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| not_found("node", node))?;
-        let status: NodeStatus = parsed(&locked, "status")?;
-        let capacity = resources(&locked, "cap_")?;
+        let (status, capacity) = lock_node(&mut tx, node).await?;
         let row = sqlx::query(
             "SELECT node_id, state, vcpus, memory_mib, disk_gib, gpus, migration_expires_at
              FROM vms WHERE id = $1",

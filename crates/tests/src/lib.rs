@@ -382,6 +382,66 @@ pub async fn list_nodes(base: &str, admin: &str) -> Vec<vmfleet_wire::api::NodeV
         .unwrap()
 }
 
+/// Seed 002's REST API of one control plane, as a client with a token calls it.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Api {
+            base: base.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `POST path` with `body` and `token`: the status and the body (JSON, or the text as a
+    /// JSON string when it is not JSON).
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Waits until `/vm/info` of `vm` (`{build_id, owner}`) shows `state`, failing at once
+    /// on `error`.
+    pub async fn wait_state(
+        &self,
+        token: &str,
+        vm: &serde_json::Value,
+        state: &str,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, info) = self.post("/vm/info", token, vm.clone()).await;
+            assert_eq!(status, 200, "{info}");
+            if info["state"] == state {
+                return info;
+            }
+            assert_ne!(info["state"], "error", "{info}");
+            assert!(Instant::now() < deadline, "never {state}: {info}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 /// Signs `wallet` in to the control plane at `base` the way a browser does (`/auth/nonce`, an
 /// EIP-4361 message for `domain` signed like `personal_sign`, `/auth/login`); its JWT.
 pub async fn sign_in(

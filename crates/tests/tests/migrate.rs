@@ -13,46 +13,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_core::VmId;
-use vmfleet_tests::{ConsoleWatch, KillOnDrop, TestNode, admin_token, start_node, token};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// Waits until `/vm/info` shows `state`, failing at once on `error`.
-    async fn wait_state(&self, token: &str, vm: &Value, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let (status, info) = self.post("/vm/info", token, vm.clone()).await;
-            assert_eq!(status, 200, "{info}");
-            if info["state"] == state {
-                return info;
-            }
-            assert_ne!(info["state"], "error", "{info}");
-            assert!(Instant::now() < deadline, "never {state}: {info}");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
+use vmfleet_tests::{Api, ConsoleWatch, KillOnDrop, TestNode, admin_token, start_node, token};
 
 /// Types `line` into the guest's console every second until `needle` shows.
 async fn shell_shows(node: &TestNode, id: &VmId, line: &str, needle: &str) {
@@ -103,10 +64,7 @@ async fn a_vm_moves_between_nodes_running_and_stopped() {
     let admin = admin_token(&plane);
     let node_a = start_node(&base, &admin, "node-a", &dir.path().join("a")).await;
     let node_b = start_node(&base, &admin, "node-b", &dir.path().join("b")).await;
-    let api = Api {
-        base: base.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&base);
     let domain = plane.addr().to_string();
     let wallet = TestWallet::from_secret([7u8; 32]).unwrap();
     let jwt = vmfleet_tests::sign_in(&api.http, &base, &domain, &wallet).await;

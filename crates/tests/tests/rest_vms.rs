@@ -5,54 +5,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 use vmfleet_auth::siwe::testing::TestWallet;
-use vmfleet_tests::KillOnDrop;
+use vmfleet_tests::{Api, KillOnDrop};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+/// Signs `wallet` in on `api`'s control plane.
+async fn sign_in(api: &Api, wallet: &TestWallet, domain: &str) -> String {
+    vmfleet_tests::sign_in(&api.http, &api.base, domain, wallet).await
 }
 
-impl Api {
-    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// Waits until `/vm/info` shows `state`.
-    async fn wait_state(&self, token: &str, id: &str, owner: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (status, info) = self
-                .post("/vm/info", token, json!({"build_id": id, "owner": owner}))
-                .await;
-            assert_eq!(status, 200, "{info}");
-            if info["state"] == state {
-                return info;
-            }
-            assert!(Instant::now() < deadline, "never {state}: {info}");
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-    }
-
-    async fn sign_in(&self, wallet: &TestWallet, domain: &str) -> String {
-        vmfleet_tests::sign_in(&self.http, &self.base, domain, wallet).await
-    }
+/// Waits until `/vm/info` of `owner`'s VM `id` shows `state`.
+async fn wait_state(api: &Api, token: &str, id: &str, owner: &str, state: &str) -> Value {
+    api.wait_state(token, &json!({"build_id": id, "owner": owner}), state)
+        .await
 }
 
 /// The `curl` commands of seed 002, each with its continuation lines joined.
@@ -127,10 +92,7 @@ async fn the_vm_api_drives_real_guests() {
     // Seed 002's limits: the wallets below stay within 100 requests a minute. The local node
     // is online with its capacity when this returns.
     let (plane, agent, base, admin) = vmfleet_tests::plane_with_local_node(dir.path()).await;
-    let api = Api {
-        base: base.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&base);
 
     // Seed 002's curl examples, as written: create, boot, info (an admin acts for the
     // document's owner).
@@ -142,7 +104,7 @@ async fn the_vm_api_drives_real_guests() {
     let booted = run_curl(&curls[1], &base, &admin, &id);
     assert_eq!(booted["success"], json!(true), "{booted}");
     let seed_owner = "0x1234567890abcdef1234567890abcdef12345678";
-    api.wait_state(&admin, &id, seed_owner, "running").await;
+    wait_state(&api, &admin, &id, seed_owner, "running").await;
     let info = run_curl(&curls[2], &base, &admin, &id);
     assert_eq!(info["build_id"], json!(id));
     assert_eq!(info["name"], "web-server");
@@ -162,7 +124,7 @@ async fn the_vm_api_drives_real_guests() {
 
     // A wallet signs in and drives its own VM.
     let wallet = TestWallet::from_secret([5u8; 32]).unwrap();
-    let token = api.sign_in(&wallet, &plane.addr().to_string()).await;
+    let token = sign_in(&api, &wallet, &plane.addr().to_string()).await;
     let me = wallet.address().to_string();
     let create =
         json!({"name": "mine", "owner": me, "vm_config": {"vcpu_count": 1, "mem_size_mib": 256}});
@@ -182,7 +144,7 @@ async fn the_vm_api_drives_real_guests() {
 
     let (status, body) = api.post("/vm/boot", &token, vm.clone()).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "running").await;
+    wait_state(&api, &token, &mine, &me, "running").await;
     let (status, list) = api.post("/vm/list", &token, json!({})).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -194,7 +156,7 @@ async fn the_vm_api_drives_real_guests() {
 
     // Someone else's VM is not found, whoever asks about it.
     let thief = TestWallet::from_secret([6u8; 32]).unwrap();
-    let thief_token = api.sign_in(&thief, &plane.addr().to_string()).await;
+    let thief_token = sign_in(&api, &thief, &plane.addr().to_string()).await;
     let (status, _) = api
         .post(
             "/vm/info",
@@ -236,13 +198,13 @@ async fn the_vm_api_drives_real_guests() {
     let mut statuses = [a.0, b.0];
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
-    api.wait_state(&token, &mine, &me, "running").await;
+    wait_state(&api, &token, &mine, &me, "running").await;
 
     // Forced off; restored from the snapshot (it runs again); forced off; started again.
     let force = json!({"build_id": mine, "owner": me, "force": true});
     let (status, body) = api.post("/vm/stop", &token, force.clone()).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "stopped").await;
+    wait_state(&api, &token, &mine, &me, "stopped").await;
     // Stopped, its disk becomes an image of the node's catalog, once.
     let (status, body) = api.post("/vm/commit", &token, commit.clone()).await;
     assert_eq!(status, 200, "{body}");
@@ -252,13 +214,13 @@ async fn the_vm_api_drives_real_guests() {
     let restore = json!({"build_id": mine, "owner": me, "snapshot_id": snapshot_id});
     let (status, body) = api.post("/vm/restore", &token, restore).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "running").await;
+    wait_state(&api, &token, &mine, &me, "running").await;
     let (status, body) = api.post("/vm/stop", &token, force.clone()).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "stopped").await;
+    wait_state(&api, &token, &mine, &me, "stopped").await;
     let (status, body) = api.post("/vm/start", &token, vm.clone()).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "running").await;
+    wait_state(&api, &token, &mine, &me, "running").await;
 
     // A disk is added to a stopped VM only (no driver hot-plugs one), and comes with it.
     let add = json!({"build_id": mine, "owner": me, "size_gb": 1});
@@ -266,7 +228,7 @@ async fn the_vm_api_drives_real_guests() {
     assert_eq!(status, 409, "{body}");
     let (status, body) = api.post("/vm/stop", &token, force).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "stopped").await;
+    wait_state(&api, &token, &mine, &me, "stopped").await;
     let (status, body) = api.post("/vm/disk/add", &token, add).await;
     assert_eq!(status, 200, "{body}");
     let disk = dir
@@ -278,7 +240,7 @@ async fn the_vm_api_drives_real_guests() {
     assert_eq!(status, 400, "{body}");
     let (status, body) = api.post("/vm/start", &token, vm.clone()).await;
     assert_eq!(status, 200, "{body}");
-    api.wait_state(&token, &mine, &me, "running").await;
+    wait_state(&api, &token, &mine, &me, "running").await;
 
     // Bad input is a JSON 400.
     let (status, body) = api

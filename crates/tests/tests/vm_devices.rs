@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_client::{Client, ClientError, WsSession};
 use vmfleet_core::{Device, DeviceId, PciAddress, SharePath, ShareTag, VmId, VmName};
@@ -24,25 +24,6 @@ use vmfleet_wire::ws::WsBody;
 /// A PCI address the node offers but does not have: adding and removing it works while the
 /// VM is stopped (no boot with it).
 const OFFERED_PCI: &str = "0000:7f:1f.7";
-
-/// POSTs raw JSON; the status and the JSON answer.
-async fn post(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 /// The status and message of an API refusal.
 fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -114,10 +95,11 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
     };
     let (plane, agent, base, _admin) =
         vmfleet_tests::plane_with_local_node_offering(dir.path(), host).await;
-    let http = reqwest::Client::new();
+    let api = vmfleet_tests::Api::new(&base);
+    let http = &api.http;
     let domain = plane.addr().to_string();
     let wallet = TestWallet::from_secret([21u8; 32]).unwrap();
-    let token = vmfleet_tests::sign_in(&http, &base, &domain, &wallet).await;
+    let token = vmfleet_tests::sign_in(http, &base, &domain, &wallet).await;
     let client = Client::new(&base).unwrap().with_token(token.clone());
     let me = wallet.address();
 
@@ -187,7 +169,7 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
         (raw_fs("bad tag", "data"), 400, "tag"),
         (raw_fs(&"t".repeat(32), "data"), 400, "tag"),
     ] {
-        let (status, answer) = post(&http, &base, "/vm/fs/add", &token, body.clone()).await;
+        let (status, answer) = api.post("/vm/fs/add", &token, body.clone()).await;
         assert_eq!(status, want, "{body}: {answer}");
         assert_eq!(answer["success"], json!(false), "{answer}");
         let message = answer["message"].as_str().unwrap();
@@ -245,13 +227,13 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
             json!({"build_id": id, "owner": me, "id": "../dev0"}),
         ),
     ] {
-        let (status, answer) = post(&http, &base, path, &token, body.clone()).await;
+        let (status, answer) = api.post(path, &token, body.clone()).await;
         assert_eq!(status, 400, "{path} {body}: {answer}");
         assert_eq!(answer["code"], "BAD_REQUEST", "{answer}");
     }
     // Another owner's VM is not found, whatever it asks.
     let thief = TestWallet::from_secret([22u8; 32]).unwrap();
-    let thief_token = vmfleet_tests::sign_in(&http, &base, &domain, &thief).await;
+    let thief_token = vmfleet_tests::sign_in(http, &base, &domain, &thief).await;
     let other = thief.address();
     for (path, body) in [
         (
@@ -267,7 +249,7 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
             json!({"build_id": id, "owner": other, "id": "dev0"}),
         ),
     ] {
-        let (status, answer) = post(&http, &base, path, &thief_token, body).await;
+        let (status, answer) = api.post(path, &thief_token, body).await;
         assert_eq!(status, 404, "{path}: {answer}");
     }
 
