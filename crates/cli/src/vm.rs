@@ -9,8 +9,9 @@ use vmfleet_client::ClientError;
 use vmfleet_core::{ImageName, SnapshotId, VmName, VmState, WalletAddress};
 use vmfleet_wire::api::{
     ActionResponse, AddDeviceRequest, AddDeviceResponse, AddFsRequest, CreateVmRequest,
-    DEFAULT_KERNEL, DEFAULT_ROOTFS, ListVmsRequest, RemoveDeviceRequest, ResizeMemoryRequest,
-    ResizeVcpuRequest, RestoreRequest, SnapshotRequest, StopVmRequest, VmConfig, VmInfo, VmRef,
+    DEFAULT_KERNEL, DEFAULT_ROOTFS, ListVmsRequest, MigrateFromRequest, MigrateToRequest,
+    RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest,
+    StopVmRequest, VmConfig, VmInfo, VmRef,
 };
 use vmfleet_wire::ws::{CommandAction, MetricsData, StatusData, WsBody, WsMessage};
 
@@ -153,6 +154,14 @@ pub enum VmCommand {
         path: vmfleet_core::SharePath,
         #[arg(long)]
         read_only: bool,
+    },
+    /// Moves a VM to another node: a running guest is paused, copied with its memory and
+    /// disks, and resumes there; a stopped one moves its disks. Follow it with `vm watch`.
+    Migrate {
+        vm: String,
+        /// The node to move it to (admin); otherwise the scheduler picks one with room.
+        #[arg(long)]
+        node: Option<vmfleet_core::NodeId>,
     },
     /// Deletes a VM (forced off first).
     Delete { vm: String },
@@ -445,6 +454,37 @@ pub async fn run(
                 device,
             };
             added(s, &s.client.add_device(&req).await?);
+            return Ok(());
+        }
+        VmCommand::Migrate { vm, node } => {
+            let v = resolve(s, vm, owner).await?;
+            let migration_id = match node {
+                Some(node) => {
+                    let req = MigrateFromRequest {
+                        build_id: v.build_id.clone(),
+                        owner: v.owner,
+                        node: Some(node.clone()),
+                    };
+                    Some(s.client.migrate_from(&req).await?.migration_id)
+                }
+                None => None,
+            };
+            let req = MigrateToRequest {
+                build_id: v.build_id.clone(),
+                owner: v.owner,
+                migration_id,
+            };
+            let r = s.client.migrate_to(&req).await?;
+            match s.output {
+                Output::Json => print_json(&r),
+                Output::Table => say!(
+                    "{} -> node {} ({}): {}",
+                    v.build_id,
+                    r.node,
+                    r.migration_id,
+                    r.message
+                ),
+            }
             return Ok(());
         }
         VmCommand::DeviceRemove { vm, id } => {

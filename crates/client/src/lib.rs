@@ -17,9 +17,10 @@ use vmfleet_wire::DecodeError;
 use vmfleet_wire::api::{
     ActionResponse, AddDeviceRequest, AddDeviceResponse, AddFsRequest, CreateNodeRequest,
     CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
-    LoginRequest, LoginResponse, NodeView, NonceResponse, PingRequest, PingResponse,
-    RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest,
-    SnapshotResponse, StopVmRequest, VmInfo, VmRef,
+    LoginRequest, LoginResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse,
+    MigrationTicket, NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest,
+    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
+    StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::decode_body;
 use vmfleet_wire::ws::{
@@ -250,6 +251,23 @@ impl Client {
     /// `POST /vm/fs/add`: the answer names the share's device id.
     pub async fn add_fs(&self, req: &AddFsRequest) -> Result<AddDeviceResponse, ClientError> {
         self.post("/vm/fs/add", req).await
+    }
+
+    /// `POST /vm/migrate/from`: a ticket reserving room for the VM on a node.
+    pub async fn migrate_from(
+        &self,
+        req: &MigrateFromRequest,
+    ) -> Result<MigrationTicket, ClientError> {
+        self.post("/vm/migrate/from", req).await
+    }
+
+    /// `POST /vm/migrate/to`: starts moving the VM (to its ticket's node, or one the scheduler
+    /// picks); the answer comes at once with state `migrating`.
+    pub async fn migrate_to(
+        &self,
+        req: &MigrateToRequest,
+    ) -> Result<MigrateToResponse, ClientError> {
+        self.post("/vm/migrate/to", req).await
     }
 
     /// `POST /nodes` (admin): the host key is in the answer, once.

@@ -186,6 +186,9 @@ async fn the_cli_drives_a_real_guest() {
     let e = cli.fails(&["vm", "suspend", "web"], 1).await;
     assert!(!e.trim().is_empty());
     cli.ok(&["vm", "resume", "web", "--wait"]).await;
+    // Migrate: this fleet has one node, so there is nowhere to go, and the CLI says why.
+    let e = cli.fails(&["vm", "migrate", "web"], 1).await;
+    assert!(e.contains("no other ONLINE node has room"), "{e}");
 
     // Watch: one JSON message a line, real metrics among them.
     let out = cli
