@@ -474,3 +474,30 @@ async fn a_graceful_stop_during_boot_is_not_lost() {
         t0.elapsed()
     );
 }
+
+/// A VM with a device or share of its node cannot be exported for a migration: those belong
+/// to the node (its share root, its PCI devices). Once removed, the export goes ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_with_node_devices_is_not_exported() {
+    let _slot = GUESTS.acquire().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _guests = vmfleet_tests::KillOnDrop(dir.path().to_owned());
+    let vmm = vmm(dir.path(), Accel::Tcg);
+    let id = VmId::new("vm-devices-stay").unwrap();
+    vmm.create(guest("vm-devices-stay")).await.unwrap();
+    let dev = vmm
+        .add_device(&id, &vmfleet_core::Device::Rng {})
+        .await
+        .unwrap();
+    // A VM that has run and stopped: what a migration may take.
+    vmm.boot(&id).await.unwrap();
+    vmm.force_stop(&id).await.unwrap();
+    let snap = SnapshotId::new("migration-1").unwrap();
+    let e = vmm.export_files(&id, &snap).await.unwrap_err();
+    assert!(matches!(e, HypervisorError::DeviceRefused(_)), "{e}");
+    assert!(e.to_string().contains("/vm/device/remove"), "{e}");
+    vmm.remove_device(&id, &dev).await.unwrap();
+    let manifest = vmm.export_files(&id, &snap).await.unwrap();
+    assert!(!manifest.running);
+    vmm.delete(&id).await.unwrap();
+}
