@@ -193,16 +193,9 @@ pub fn app(state: AppState) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: std::net::SocketAddr,
-    /// The accepted socket, open as long as the connection that carries the request.
-    socket: std::os::fd::RawFd,
-}
-
-impl Peer {
-    /// The connection's socket: open while the request's connection (or what it was
-    /// upgraded to) is.
-    pub(crate) fn socket(&self) -> std::os::fd::RawFd {
-        self.socket
-    }
+    /// The accepted socket: open while the request's connection (or what it was upgraded
+    /// to) is.
+    pub(crate) socket: std::os::fd::RawFd,
 }
 
 /// The control plane's listener: axum's accept loop over a [`TcpListener`], with Nagle off
