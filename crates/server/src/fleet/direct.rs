@@ -42,10 +42,16 @@ use crate::error::ApiError;
 /// Engine.IO's heartbeat: the server pings this often and waits this long for the pong.
 const PING_INTERVAL: Duration = Duration::from_secs(25);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A ping due within this long goes out with the answer the connection writes now (an
+/// agent's heartbeat comes every 5 s), in the same write, instead of needing a wake-up and
+/// a write of its own when its time comes.
+const PING_EARLY: Duration = Duration::from_secs(6);
 /// How long a client has to connect to the namespace once the WebSocket is open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
-/// The socket's read and write buffers: heartbeats and acks are a few hundred bytes.
-const SOCKET_BUFFER: usize = 8 * 1024;
+/// The socket's read and write buffers: heartbeats and acks are a few hundred bytes, and
+/// tungstenite zeroes the free part of the read buffer before each read (a migration's
+/// 512 KiB chunks take more reads, which costs little beside their transfer).
+const SOCKET_BUFFER: usize = 2 * 1024;
 /// `{ "success": true }`, the acknowledgement of nearly every event.
 const OK: &str = r#"{"success":true}"#;
 /// Frames for the connection's task to write (commands, acks of spawned handlers).
@@ -325,10 +331,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     });
     fleet.register(Link::Direct(link.clone()), info).await;
 
-    let mut next_ping = Instant::now() + PING_INTERVAL;
-    let mut pong_due: Option<Instant> = None;
+    let mut ping = Pings::new(Instant::now());
     // One timer for the connection's life, moved to the next ping or pong deadline.
-    let timer = tokio::time::sleep_until(next_ping);
+    let timer = tokio::time::sleep_until(ping.wake());
     tokio::pin!(timer);
     loop {
         tokio::select! {
@@ -344,7 +349,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 let step = match text.chars().next() {
                     Some(eio::PONG) => {
-                        pong_due = None;
+                        ping.ponged();
+                        timer.as_mut().reset(ping.wake());
                         Step::Nothing
                     }
                     // A client's ping (Engine.IO v3 habit) gets its pong.
@@ -353,12 +359,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(eio::CLOSE) => Step::Leave,
                     _ => Step::Nothing,
                 };
-                let go_on = match step {
-                    Step::Answer(frame) => send(&mut socket, frame).await.is_ok(),
-                    Step::Nothing => true,
-                    Step::Leave => false,
+                let written = match step {
+                    Step::Answer(frame) => {
+                        let now = Instant::now();
+                        if ping.due_with_answer(now) {
+                            ping.sent(now);
+                            timer.as_mut().reset(ping.wake());
+                            send_with_ping(&mut socket, frame).await
+                        } else {
+                            send(&mut socket, frame).await
+                        }
+                    }
+                    Step::Nothing => Ok(()),
+                    Step::Leave => break,
                 };
-                if !go_on {
+                if written.is_err() {
                     break;
                 }
             }
@@ -375,19 +390,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             },
             () = &mut timer => {
                 let now = Instant::now();
-                if pong_due.is_some_and(|due| due <= now) {
+                if ping.pong_late(now) {
                     tracing::info!(%node, "agent missed Engine.IO's pong; closing its connection");
                     break;
                 }
-                if next_ping <= now {
+                if ping.due(now) {
                     if send(&mut socket, eio::PING.to_string()).await.is_err() {
                         break;
                     }
-                    next_ping = now + PING_INTERVAL;
-                    pong_due = Some(now + PING_TIMEOUT);
+                    ping.sent(now);
                 }
-                let wake = pong_due.map_or(next_ping, |due| due.min(next_ping));
-                timer.as_mut().reset(wake);
+                timer.as_mut().reset(ping.wake());
             }
         }
     }
@@ -538,6 +551,60 @@ async fn on_packet(
     Step::Nothing
 }
 
+/// Engine.IO's heartbeat on one connection: when the next ping is due, and the pong awaited.
+struct Pings {
+    next: Instant,
+    pong_due: Option<Instant>,
+}
+
+impl Pings {
+    fn new(now: Instant) -> Self {
+        Self {
+            next: now + PING_INTERVAL,
+            pong_due: None,
+        }
+    }
+
+    /// When the connection's timer should fire: the pong's deadline, else the next ping's.
+    fn wake(&self) -> Instant {
+        self.pong_due.unwrap_or(self.next)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.pong_due.is_none() && self.next <= now
+    }
+
+    /// Whether a ping should go out with an answer written at `now`.
+    fn due_with_answer(&self, now: Instant) -> bool {
+        self.pong_due.is_none() && self.next <= now + PING_EARLY
+    }
+
+    fn sent(&mut self, now: Instant) {
+        self.next = now + PING_INTERVAL;
+        self.pong_due = Some(now + PING_TIMEOUT);
+    }
+
+    fn ponged(&mut self) {
+        self.pong_due = None;
+    }
+
+    fn pong_late(&self, now: Instant) -> bool {
+        self.pong_due.is_some_and(|due| due <= now)
+    }
+}
+
+/// Writes `text` and a ping after it, in one write.
+async fn send_with_ping<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+    text: String,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    socket.feed(Message::Text(text.into())).await?;
+    socket
+        .feed(Message::Text(eio::PING.to_string().into()))
+        .await?;
+    socket.flush().await
+}
+
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     socket: &mut WebSocketStream<S>,
     text: String,
@@ -583,6 +650,30 @@ mod tests {
             }
         }
         b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_ping_due_soon_goes_out_with_an_answer_and_the_timer_follows_the_pong() {
+        let start = Instant::now();
+        let mut ping = Pings::new(start);
+        assert_eq!(ping.wake(), start + PING_INTERVAL);
+        // Early in the interval an answer goes out alone.
+        assert!(!ping.due_with_answer(start + Duration::from_secs(5)));
+        assert!(!ping.due(start + Duration::from_secs(5)));
+        // Within PING_EARLY of the ping's time, the ping rides along.
+        let at = start + PING_INTERVAL - PING_EARLY;
+        assert!(ping.due_with_answer(at));
+        ping.sent(at);
+        assert_eq!(ping.wake(), at + PING_TIMEOUT);
+        assert!(!ping.due_with_answer(at + Duration::from_secs(1)));
+        assert!(!ping.pong_late(at + PING_TIMEOUT - Duration::from_millis(1)));
+        assert!(ping.pong_late(at + PING_TIMEOUT));
+        // The pong moves the timer to the next ping, not to the spent pong deadline.
+        ping.ponged();
+        assert_eq!(ping.wake(), at + PING_INTERVAL);
+        assert!(!ping.pong_late(at + PING_TIMEOUT));
+        // A quiet connection is pinged by its timer.
+        assert!(ping.due(at + PING_INTERVAL));
     }
 
     #[test]
