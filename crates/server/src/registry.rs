@@ -55,28 +55,50 @@ pub const HEARTBEAT_FLUSH: Duration = crate::fleet::HEARTBEAT_PERIOD;
 /// does not wait for it: the namespace tracks when each node was last heard from in memory.
 /// The first heartbeat of a connection and a changed capacity are written at once (the
 /// scheduler places by them).
+///
+/// Per node, one entry found with one lookup per heartbeat (keys are node ids the control
+/// plane issued, so a fast hasher is safe).
+#[derive(Default)]
+struct Heartbeats(Mutex<HashMap<NodeId, Beats, foldhash::fast::RandomState>>);
+
 /// An accepted heartbeat: when it arrived and its metrics as JSON text.
 type Pending = (SystemTime, Box<serde_json::value::RawValue>);
 
+/// What the registry keeps in memory of one node's heartbeats.
 #[derive(Default)]
-struct Heartbeats {
-    pending: Mutex<HashMap<NodeId, Pending>>,
-    capacity: Mutex<HashMap<NodeId, vmfleet_store::Resources>>,
-    /// Nodes connected since their last written heartbeat.
-    fresh: Mutex<std::collections::HashSet<NodeId>>,
+struct Beats {
+    /// The latest heartbeat accepted and not yet written.
+    pending: Option<Pending>,
+    /// The capacity the node last reported.
+    capacity: Option<vmfleet_store::Resources>,
+    /// Whether the node connected since its last written heartbeat.
+    fresh: bool,
 }
 
 impl Heartbeats {
-    fn pending(&self) -> MutexGuard<'_, HashMap<NodeId, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Beats, foldhash::fast::RandomState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn capacity(&self) -> MutexGuard<'_, HashMap<NodeId, vmfleet_store::Resources>> {
-        self.capacity.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on `node`'s entry, made if it is the node's first.
+    fn with<T>(&self, node: &NodeId, f: impl FnOnce(&mut Beats) -> T) -> T {
+        let mut nodes = self.lock();
+        match nodes.get_mut(node) {
+            Some(beats) => f(beats),
+            None => f(nodes.entry(node.clone()).or_default()),
+        }
     }
 
-    fn fresh(&self) -> MutexGuard<'_, std::collections::HashSet<NodeId>> {
-        self.fresh.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes every heartbeat waiting to be written.
+    fn drain(&self) -> Vec<(NodeId, SystemTime, Box<serde_json::value::RawValue>)> {
+        let mut nodes = self.lock();
+        let mut batch = Vec::with_capacity(nodes.len());
+        for (node, beats) in nodes.iter_mut() {
+            if let Some((at, metrics)) = beats.pending.take() {
+                batch.push((node.clone(), at, metrics));
+            }
+        }
+        batch
     }
 }
 
@@ -108,11 +130,7 @@ async fn flush_heartbeats(store: Store, heartbeats: std::sync::Weak<Heartbeats>)
                 Err(e) => tracing::error!(error = %e, "cannot sweep abandoned migrations"),
             }
         }
-        let batch: Vec<_> = hb
-            .pending()
-            .drain()
-            .map(|(node, (at, metrics))| (node, at, metrics))
-            .collect();
+        let batch = hb.drain();
         drop(hb);
         if let Err(e) = store.record_heartbeats(&batch).await {
             tracing::error!(error = %e, heartbeats = batch.len(), "cannot record heartbeats");
@@ -221,7 +239,7 @@ impl NodeRegistry for StoreRegistry {
     }
 
     async fn node_online(&self, node: &NodeId) {
-        self.heartbeats.fresh().insert(node.clone());
+        self.heartbeats.with(node, |beats| beats.fresh = true);
         // A drained node stays in maintenance when its agent reconnects.
         let drained = self
             .store
@@ -235,7 +253,10 @@ impl NodeRegistry for StoreRegistry {
 
     async fn node_offline(&self, node: &NodeId) {
         self.status(node, NodeStatus::Offline).await;
-        let unwritten = self.heartbeats.pending().get(node).map(|(at, _)| {
+        let unwritten = self
+            .heartbeats
+            .with(node, |b| b.pending.as_ref().map(|(at, _)| *at));
+        let unwritten = unwritten.map(|at| {
             let millis = at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
@@ -277,25 +298,28 @@ impl NodeRegistry for StoreRegistry {
             disk_gib: c.disk_gb,
             gpus: c.gpus,
         });
-        let new_capacity = cap.filter(|c| self.heartbeats.capacity().get(node) != Some(c));
-        let first = self.heartbeats.fresh().remove(node);
-        if first || new_capacity.is_some() {
+        // The common case: kept as JSON text until the next flush. The first heartbeat of a
+        // connection and a changed capacity are written at once.
+        let metrics = serde_json::value::to_raw_value(&hb.metrics).map_err(|e| e.to_string())?;
+        let write_now = self.heartbeats.with(node, |beats| {
+            let new_capacity = cap.filter(|c| beats.capacity.as_ref() != Some(c));
+            if std::mem::take(&mut beats.fresh) || new_capacity.is_some() {
+                beats.pending = None;
+                Some(new_capacity)
+            } else {
+                beats.pending = Some((SystemTime::now(), metrics));
+                None
+            }
+        });
+        if let Some(new_capacity) = write_now {
             let metrics = serde_json::to_value(&hb.metrics).map_err(|e| e.to_string())?;
-            self.heartbeats.pending().remove(node);
             self.store
                 .record_heartbeat(node, &Timestamp::now(), &metrics, new_capacity)
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(c) = new_capacity {
-                self.heartbeats.capacity().insert(node.clone(), c);
+                self.heartbeats.with(node, |beats| beats.capacity = Some(c));
             }
-        } else {
-            // The common case: kept as JSON text until the next flush.
-            let metrics =
-                serde_json::value::to_raw_value(&hb.metrics).map_err(|e| e.to_string())?;
-            self.heartbeats
-                .pending()
-                .insert(node.clone(), (SystemTime::now(), metrics));
         }
         if hb.status == fleet::NodeStatus::Maintenance {
             let _ = self

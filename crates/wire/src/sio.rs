@@ -19,6 +19,8 @@ pub mod eio {
     pub const PONG: char = '3';
     pub const MESSAGE: char = '4';
     pub const NOOP: char = '6';
+    /// A whole ping frame (no probe payload).
+    pub const PING_FRAME: &str = "2";
 }
 
 /// Socket.IO v4 packet types (the first character after the Engine.IO `4`).

@@ -20,21 +20,18 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use vmfleet_wire::fleet::{Ack, AgentEvent, NAMESPACE, NodeInfo};
 use vmfleet_wire::sio::{self, Packet, PacketKind, eio};
 
+use super::frames::{self, FrameError, Kind, Reader};
 use super::{Fleet, Link, MAX_MESSAGE_BYTES, bearer};
 use crate::Peer;
 use crate::error::ApiError;
@@ -143,15 +140,6 @@ fn accept_key(req: &Request) -> Result<String, &'static str> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// The WebSocket settings of a direct connection.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
-}
-
 /// The runtime that drives every direct connection: one thread, so that a heartbeat is read,
 /// handled and acknowledged without waking another thread (on the multi-threaded runtime
 /// a heartbeat cost about 15% more CPU, in its workers' parking and wake-ups). `None` when the
@@ -214,8 +202,112 @@ async fn run(fleet: Fleet, upgraded: Upgraded, socket: Option<RawFd>, headers: H
 
 /// Serves a connection whose opening handshake is done, as a WebSocket.
 async fn serve_io<S: AsyncRead + AsyncWrite + Unpin>(fleet: Fleet, io: S, headers: HeaderMap) {
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-    serve(fleet, ws, headers).await;
+    serve(fleet, Socket::new(io), headers).await;
+}
+
+/// Why a connection ends.
+enum Ended {
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+/// A direct connection's WebSocket: frames read and written by [`frames`] in the
+/// connection's own buffers.
+struct Socket<S> {
+    io: S,
+    reader: Reader,
+    /// Frames not written yet.
+    out: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    fn new(io: S) -> Self {
+        Socket {
+            io,
+            reader: Reader::new(SOCKET_BUFFER, MAX_MESSAGE_BYTES),
+            out: Vec::with_capacity(256),
+        }
+    }
+
+    /// The client's next message; `None` once it closed its side. Cancel-safe: what was
+    /// read stays in the reader.
+    async fn next(&mut self) -> Result<Option<frames::Message>, Ended> {
+        loop {
+            if let Some(message) = self.reader.next_message().map_err(Ended::Frame)? {
+                return Ok(Some(message));
+            }
+            let n = self.io.read(self.reader.spare()).await.map_err(Ended::Io)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.reader.filled(n);
+        }
+    }
+
+    /// Writes what is buffered. Cancel-safe: what was not written stays buffered.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            let n = self.io.write(&self.out).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.out.drain(..n);
+        }
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::with_capacity(256);
+        }
+        Ok(())
+    }
+
+    /// Writes one text message.
+    async fn send(&mut self, text: &str) -> std::io::Result<()> {
+        frames::text(&mut self.out, text);
+        self.flush().await
+    }
+
+    /// Writes a text message and an Engine.IO ping after it, in one write.
+    async fn send_with_ping(&mut self, text: &str) -> std::io::Result<()> {
+        frames::text(&mut self.out, text);
+        frames::text(&mut self.out, eio::PING_FRAME);
+        self.flush().await
+    }
+
+    /// Answers what is not a text message: a ping gets its pong, a close its close. Whether
+    /// the connection goes on.
+    async fn control(&mut self, message: &frames::Message) -> bool {
+        match message.kind {
+            Kind::Text | Kind::Binary | Kind::Pong => true,
+            Kind::Ping => {
+                frames::pong(&mut self.out, self.reader.payload(message));
+                self.flush().await.is_ok()
+            }
+            Kind::Close(code) => {
+                let code = code
+                    .filter(|c| frames::valid_close_code(*c))
+                    .unwrap_or(frames::CLOSE_NORMAL);
+                self.close(code, "").await;
+                false
+            }
+        }
+    }
+
+    /// Closes the WebSocket with `code`.
+    async fn close(&mut self, code: u16, reason: &str) {
+        frames::close(&mut self.out, code, reason);
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Ends the connection after `why`, telling the client when it was its frames.
+    async fn fail(&mut self, node: Option<&vmfleet_core::NodeId>, why: Ended) {
+        match why {
+            Ended::Io(e) => tracing::debug!(?node, error = %e, "agent connection failed"),
+            Ended::Frame(e) => {
+                tracing::info!(?node, error = %e, "closing an agent connection that broke the WebSocket protocol");
+                self.close(e.close_code(), &e.to_string()).await;
+            }
+        }
+    }
 }
 
 /// What other tasks ask a direct connection's task to do.
@@ -300,7 +392,7 @@ fn session_id() -> String {
 /// Serves one direct connection to its end.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     fleet: Fleet,
-    mut socket: WebSocketStream<S>,
+    mut socket: Socket<S>,
     headers: HeaderMap,
 ) {
     let sid = session_id();
@@ -311,14 +403,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         "pingTimeout": PING_TIMEOUT.as_millis() as u64,
         "maxPayload": MAX_MESSAGE_BYTES,
     });
-    if send(&mut socket, format!("{}{open}", eio::OPEN))
-        .await
-        .is_err()
-    {
+    if socket.send(&format!("{}{open}", eio::OPEN)).await.is_err() {
         return;
     }
     let Some(info) = handshake(&fleet, &mut socket, &headers, &sid).await else {
-        let _ = socket.send(Message::Close(None)).await;
+        socket.close(frames::CLOSE_NORMAL, "").await;
         return;
     };
     let node = info.node_id.clone();
@@ -335,18 +424,30 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // One timer for the connection's life, moved to the next ping or pong deadline.
     let timer = tokio::time::sleep_until(ping.wake());
     tokio::pin!(timer);
+    let mut close = true;
     loop {
         tokio::select! {
-            frame = socket.next() => {
-                let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        tracing::debug!(%node, error = %e, "agent connection failed");
+            message = socket.next() => {
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => {
+                        close = false;
+                        break;
+                    }
+                    Err(why) => {
+                        socket.fail(Some(&node), why).await;
+                        close = false;
                         break;
                     }
                 };
+                if message.kind != Kind::Text {
+                    if socket.control(&message).await {
+                        continue;
+                    }
+                    close = false;
+                    break;
+                }
+                let text = socket.reader.text(&message);
                 let step = match text.chars().next() {
                     Some(eio::PONG) => {
                         ping.ponged();
@@ -365,26 +466,28 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         if ping.due_with_answer(now) {
                             ping.sent(now);
                             timer.as_mut().reset(ping.wake());
-                            send_with_ping(&mut socket, frame).await
+                            socket.send_with_ping(&frame).await
                         } else {
-                            send(&mut socket, frame).await
+                            socket.send(&frame).await
                         }
                     }
                     Step::Nothing => Ok(()),
                     Step::Leave => break,
                 };
                 if written.is_err() {
+                    close = false;
                     break;
                 }
             }
             out = outbox.recv() => match out {
                 Some(Out::Text(frame)) => {
-                    if send(&mut socket, frame).await.is_err() {
+                    if socket.send(&frame).await.is_err() {
+                        close = false;
                         break;
                     }
                 }
                 Some(Out::Close) | None => {
-                    let _ = send(&mut socket, sio::disconnect_frame(NAMESPACE)).await;
+                    let _ = socket.send(&sio::disconnect_frame(NAMESPACE)).await;
                     break;
                 }
             },
@@ -395,7 +498,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 if ping.due(now) {
-                    if send(&mut socket, eio::PING.to_string()).await.is_err() {
+                    if socket.send(eio::PING_FRAME).await.is_err() {
+                        close = false;
                         break;
                     }
                     ping.sent(now);
@@ -404,7 +508,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    if close {
+        socket.close(frames::CLOSE_NORMAL, "").await;
+    }
     // Waiters for acks learn the connection is gone.
     link.acks().clear();
     fleet.unregister(&Link::Direct(link), &node).await;
@@ -414,20 +520,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// once the client was told why not.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     fleet: &Fleet,
-    socket: &mut WebSocketStream<S>,
+    socket: &mut Socket<S>,
     headers: &HeaderMap,
     sid: &str,
 ) -> Option<NodeInfo> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
-        let frame = tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .ok()??;
-        let text = match frame {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
+        let message = match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Err(why)) => {
+                socket.fail(None, why).await;
+                return None;
+            }
+            Ok(Ok(None)) | Err(_) => return None,
         };
+        if message.kind != Kind::Text {
+            if socket.control(&message).await {
+                continue;
+            }
+            return None;
+        }
+        let text = socket.reader.text(&message);
         let Some(packet) = text.strip_prefix(eio::MESSAGE).and_then(Packet::parse) else {
             if text.starts_with(eio::CLOSE) {
                 return None;
@@ -439,7 +552,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if packet.nsp != NAMESPACE {
             let refusal = sio::connect_error_frame(packet.nsp, "Invalid namespace");
-            send(socket, refusal).await.ok()?;
+            socket.send(&refusal).await.ok()?;
             continue;
         }
         let auth: Option<Value> = serde_json::from_str(packet.data).ok();
@@ -449,15 +562,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             None => None,
         };
         let Some((node_id, name)) = node else {
-            let _ = send(
-                socket,
-                sio::connect_error_frame(NAMESPACE, "invalid host key"),
-            )
-            .await;
+            let refusal = sio::connect_error_frame(NAMESPACE, "invalid host key");
+            let _ = socket.send(&refusal).await;
             return None;
         };
         let hello = sio::connect_frame(NAMESPACE, &serde_json::json!({ "sid": sid }));
-        send(socket, hello).await.ok()?;
+        socket.send(&hello).await.ok()?;
         return Some(NodeInfo { node_id, name });
     }
 }
@@ -591,25 +701,6 @@ impl Pings {
     fn pong_late(&self, now: Instant) -> bool {
         self.pong_due.is_some_and(|due| due <= now)
     }
-}
-
-/// Writes `text` and a ping after it, in one write.
-async fn send_with_ping<S: AsyncRead + AsyncWrite + Unpin>(
-    socket: &mut WebSocketStream<S>,
-    text: String,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    socket.feed(Message::Text(text.into())).await?;
-    socket
-        .feed(Message::Text(eio::PING.to_string().into()))
-        .await?;
-    socket.flush().await
-}
-
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(
-    socket: &mut WebSocketStream<S>,
-    text: String,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    socket.send(Message::Text(text.into())).await
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use vmfleet_core::{NodeId, VmId};
 use crate::bucket::Bucket;
 
 mod direct;
+mod frames;
 pub(crate) use direct::intercept;
 use direct::{DirectLink, LinkError};
 use vmfleet_wire::fleet::{
@@ -87,7 +88,9 @@ pub struct Fleet {
 
 struct Inner {
     registry: Arc<dyn NodeRegistry>,
-    nodes: Mutex<HashMap<NodeId, Conn>>,
+    /// Looked up on every event; keys are node ids the control plane issued, so a fast
+    /// hasher is safe.
+    nodes: Mutex<HashMap<NodeId, Conn, foldhash::fast::RandomState>>,
     /// VM consoles being watched: the node each streams from.
     consoles: Mutex<HashMap<VmId, Watched>>,
     heartbeat_period: Duration,
@@ -265,7 +268,7 @@ impl Fleet {
             io: io.clone(),
             inner: Arc::new(Inner {
                 registry,
-                nodes: Mutex::new(HashMap::new()),
+                nodes: Mutex::new(HashMap::default()),
                 consoles: Mutex::new(HashMap::new()),
                 heartbeat_period,
             }),
@@ -296,7 +299,9 @@ impl Fleet {
         fleet
     }
 
-    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Conn>> {
+    fn nodes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<NodeId, Conn, foldhash::fast::RandomState>> {
         self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
