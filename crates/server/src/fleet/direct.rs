@@ -45,10 +45,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const PING_EARLY: Duration = Duration::from_secs(6);
 /// How long a client has to connect to the namespace once the WebSocket is open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
-/// The socket's read and write buffers: heartbeats and acks are a few hundred bytes, and
-/// tungstenite zeroes the free part of the read buffer before each read (a migration's
-/// 512 KiB chunks take more reads, which costs little beside their transfer).
-const SOCKET_BUFFER: usize = 2 * 1024;
+/// A connection's read buffer: heartbeats are a few hundred bytes; a bigger message grows it
+/// for as long as it takes to read (see [`frames::Reader`]).
+const READ_BUFFER: usize = 2 * 1024;
 /// `{ "success": true }`, the acknowledgement of nearly every event.
 const OK: &str = r#"{"success":true}"#;
 /// Frames for the connection's task to write (commands, acks of spawned handlers).
@@ -218,14 +217,17 @@ struct Socket<S> {
     reader: Reader,
     /// Frames not written yet.
     out: Vec<u8>,
+    /// The connection is over: closed, or failed, or closed by the client.
+    done: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     fn new(io: S) -> Self {
         Socket {
             io,
-            reader: Reader::new(SOCKET_BUFFER, MAX_MESSAGE_BYTES),
+            reader: Reader::new(READ_BUFFER, MAX_MESSAGE_BYTES),
             out: Vec::with_capacity(256),
+            done: false,
         }
     }
 
@@ -236,8 +238,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             if let Some(message) = self.reader.next_message().map_err(Ended::Frame)? {
                 return Ok(Some(message));
             }
-            let n = self.io.read(self.reader.spare()).await.map_err(Ended::Io)?;
+            let n = match self.io.read(self.reader.spare()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    self.done = true;
+                    return Err(Ended::Io(e));
+                }
+            };
             if n == 0 {
+                self.done = true;
                 return Ok(None);
             }
             self.reader.filled(n);
@@ -247,10 +256,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// Writes what is buffered. Cancel-safe: what was not written stays buffered.
     async fn flush(&mut self) -> std::io::Result<()> {
         while !self.out.is_empty() {
-            let n = self.io.write(&self.out).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
+            let written = match self.io.write(&self.out).await {
+                Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                written => written,
+            };
+            let n = written.inspect_err(|_| self.done = true)?;
             self.out.drain(..n);
         }
         if self.out.capacity() > 64 * 1024 {
@@ -291,11 +301,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
     }
 
-    /// Closes the WebSocket with `code`.
+    /// Closes the WebSocket with `code`, unless the connection is over already.
     async fn close(&mut self, code: u16, reason: &str) {
+        if self.done {
+            return;
+        }
         frames::close(&mut self.out, code, reason);
         let _ = self.flush().await;
         let _ = self.io.shutdown().await;
+        self.done = true;
     }
 
     /// Ends the connection after `why`, telling the client when it was its frames.
@@ -424,19 +438,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // One timer for the connection's life, moved to the next ping or pong deadline.
     let timer = tokio::time::sleep_until(ping.wake());
     tokio::pin!(timer);
-    let mut close = true;
     loop {
         tokio::select! {
             message = socket.next() => {
                 let message = match message {
                     Ok(Some(message)) => message,
-                    Ok(None) => {
-                        close = false;
-                        break;
-                    }
+                    Ok(None) => break,
                     Err(why) => {
                         socket.fail(Some(&node), why).await;
-                        close = false;
                         break;
                     }
                 };
@@ -444,7 +453,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     if socket.control(&message).await {
                         continue;
                     }
-                    close = false;
                     break;
                 }
                 let text = socket.reader.text(&message);
@@ -475,14 +483,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Step::Leave => break,
                 };
                 if written.is_err() {
-                    close = false;
                     break;
                 }
             }
             out = outbox.recv() => match out {
                 Some(Out::Text(frame)) => {
                     if socket.send(&frame).await.is_err() {
-                        close = false;
                         break;
                     }
                 }
@@ -499,7 +505,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if ping.due(now) {
                     if socket.send(eio::PING_FRAME).await.is_err() {
-                        close = false;
                         break;
                     }
                     ping.sent(now);
@@ -508,9 +513,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    if close {
-        socket.close(frames::CLOSE_NORMAL, "").await;
-    }
+    socket.close(frames::CLOSE_NORMAL, "").await;
     // Waiters for acks learn the connection is gone.
     link.acks().clear();
     fleet.unregister(&Link::Direct(link), &node).await;

@@ -91,9 +91,9 @@ pub(crate) struct Reader {
     need: usize,
     /// The largest message accepted.
     max: usize,
-    /// A fragmented message: its opcode and the payloads so far, or, once it is whole, the
-    /// message handed out.
+    /// The opcode of a fragmented message being put together.
     fragments: Option<u8>,
+    /// That message's payloads so far, or, once it is whole, the message handed out.
     assembled: Vec<u8>,
 }
 
