@@ -129,7 +129,7 @@ async fn stream(client: SioClient, vm: VmId, mut reader: ConsoleReader, scrollba
 
 async fn send(client: &SioClient, vm: &VmId, bytes: &[u8]) {
     for part in bytes.chunks(MAX_CHUNK) {
-        let ev = AgentEvent::ConsoleOutput(ConsoleData {
+        let ev: AgentEvent = AgentEvent::ConsoleOutput(ConsoleData {
             vm_id: vm.clone(),
             data: Base64(part.to_vec()),
         });

@@ -27,10 +27,10 @@ use vmfleet_auth::SecretHash;
 use vmfleet_core::{NodeId, Timestamp, VmState};
 use vmfleet_store::{Actor, AuditTarget, NodeStatus, Store, StoreError, VmRecord};
 use vmfleet_wire::fleet::{
-    self, Heartbeat, InstanceStarted, InstanceStopped, StopReason, VmReport,
+    self, HeartbeatReport, InstanceStarted, InstanceStopped, StopReason, VmReport,
 };
 
-use crate::fleet::NodeRegistry;
+use crate::fleet::{HeartbeatSink, NodeRegistry};
 use crate::scheduler::{Confirmation, Confirmations};
 
 /// Nodes as the database knows them: host keys checked against their stored hashes, status
@@ -56,13 +56,20 @@ pub const HEARTBEAT_FLUSH: Duration = crate::fleet::HEARTBEAT_PERIOD;
 /// The first heartbeat of a connection and a changed capacity are written at once (the
 /// scheduler places by them).
 ///
-/// Per node, one entry found with one lookup per heartbeat (keys are node ids the control
-/// plane issued, so a fast hasher is safe).
+/// Per node, one entry, which the node's connection holds: a heartbeat needs no lookup
+/// (keys are node ids the control plane issued, so a fast hasher is safe).
 #[derive(Default)]
-struct Heartbeats(Mutex<HashMap<NodeId, Beats, foldhash::fast::RandomState>>);
+struct Heartbeats(Mutex<HashMap<NodeId, Arc<NodeHeartbeats>, foldhash::fast::RandomState>>);
 
 /// An accepted heartbeat: when it arrived and its metrics as JSON text.
 type Pending = (SystemTime, Box<serde_json::value::RawValue>);
+
+/// One node's heartbeats: the [`HeartbeatSink`] its connection writes to.
+struct NodeHeartbeats {
+    node: NodeId,
+    store: Store,
+    beats: Mutex<Beats>,
+}
 
 /// What the registry keeps in memory of one node's heartbeats.
 #[derive(Default)]
@@ -76,29 +83,87 @@ struct Beats {
 }
 
 impl Heartbeats {
-    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Beats, foldhash::fast::RandomState>> {
+    fn lock(
+        &self,
+    ) -> MutexGuard<'_, HashMap<NodeId, Arc<NodeHeartbeats>, foldhash::fast::RandomState>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on `node`'s entry, made if it is the node's first.
-    fn with<T>(&self, node: &NodeId, f: impl FnOnce(&mut Beats) -> T) -> T {
+    /// `node`'s entry, made if it is the node's first.
+    fn of(&self, node: &NodeId, store: &Store) -> Arc<NodeHeartbeats> {
         let mut nodes = self.lock();
-        match nodes.get_mut(node) {
-            Some(beats) => f(beats),
-            None => f(nodes.entry(node.clone()).or_default()),
+        if let Some(entry) = nodes.get(node) {
+            return entry.clone();
         }
+        let entry = Arc::new(NodeHeartbeats {
+            node: node.clone(),
+            store: store.clone(),
+            beats: Mutex::default(),
+        });
+        nodes.insert(node.clone(), entry.clone());
+        entry
     }
 
     /// Takes every heartbeat waiting to be written.
     fn drain(&self) -> Vec<(NodeId, SystemTime, Box<serde_json::value::RawValue>)> {
-        let mut nodes = self.lock();
+        let nodes = self.lock();
         let mut batch = Vec::with_capacity(nodes.len());
-        for (node, beats) in nodes.iter_mut() {
-            if let Some((at, metrics)) = beats.pending.take() {
+        for (node, entry) in nodes.iter() {
+            if let Some((at, metrics)) = entry.beats().pending.take() {
                 batch.push((node.clone(), at, metrics));
             }
         }
         batch
+    }
+}
+
+impl NodeHeartbeats {
+    fn beats(&self) -> MutexGuard<'_, Beats> {
+        self.beats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl HeartbeatSink for NodeHeartbeats {
+    async fn heartbeat(&self, hb: HeartbeatReport) -> Result<(), String> {
+        let cap = hb.capacity.map(|c| vmfleet_store::Resources {
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mb,
+            disk_gib: c.disk_gb,
+            gpus: c.gpus,
+        });
+        let maintenance = hb.status == fleet::NodeStatus::Maintenance;
+        // The common case: kept as the agent's JSON text until the next flush. The first
+        // heartbeat of a connection and a changed capacity are written at once.
+        let write_now = {
+            let mut beats = self.beats();
+            let new_capacity = cap.filter(|c| beats.capacity.as_ref() != Some(c));
+            if std::mem::take(&mut beats.fresh) || new_capacity.is_some() {
+                beats.pending = None;
+                Some((new_capacity, hb.metrics))
+            } else {
+                beats.pending = Some((SystemTime::now(), hb.metrics));
+                None
+            }
+        };
+        if let Some((new_capacity, metrics)) = write_now {
+            let metrics: serde_json::Value =
+                serde_json::from_str(metrics.get()).map_err(|e| e.to_string())?;
+            self.store
+                .record_heartbeat(&self.node, &Timestamp::now(), &metrics, new_capacity)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(c) = new_capacity {
+                self.beats().capacity = Some(c);
+            }
+        }
+        if maintenance {
+            let _ = self
+                .store
+                .set_node_status(&self.node, NodeStatus::Maintenance)
+                .await;
+        }
+        Ok(())
     }
 }
 
@@ -239,7 +304,7 @@ impl NodeRegistry for StoreRegistry {
     }
 
     async fn node_online(&self, node: &NodeId) {
-        self.heartbeats.with(node, |beats| beats.fresh = true);
+        self.heartbeats.of(node, &self.store).beats().fresh = true;
         // A drained node stays in maintenance when its agent reconnects.
         let drained = self
             .store
@@ -255,7 +320,11 @@ impl NodeRegistry for StoreRegistry {
         self.status(node, NodeStatus::Offline).await;
         let unwritten = self
             .heartbeats
-            .with(node, |b| b.pending.as_ref().map(|(at, _)| *at));
+            .of(node, &self.store)
+            .beats()
+            .pending
+            .as_ref()
+            .map(|(at, _)| *at);
         let unwritten = unwritten.map(|at| {
             let millis = at
                 .duration_since(std::time::UNIX_EPOCH)
@@ -291,43 +360,8 @@ impl NodeRegistry for StoreRegistry {
         }
     }
 
-    async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String> {
-        let cap = hb.capacity.map(|c| vmfleet_store::Resources {
-            vcpus: c.vcpus,
-            memory_mib: c.memory_mb,
-            disk_gib: c.disk_gb,
-            gpus: c.gpus,
-        });
-        // The common case: kept as JSON text until the next flush. The first heartbeat of a
-        // connection and a changed capacity are written at once.
-        let metrics = serde_json::value::to_raw_value(&hb.metrics).map_err(|e| e.to_string())?;
-        let write_now = self.heartbeats.with(node, |beats| {
-            let new_capacity = cap.filter(|c| beats.capacity.as_ref() != Some(c));
-            if std::mem::take(&mut beats.fresh) || new_capacity.is_some() {
-                beats.pending = None;
-                Some(new_capacity)
-            } else {
-                beats.pending = Some((SystemTime::now(), metrics));
-                None
-            }
-        });
-        if let Some(new_capacity) = write_now {
-            let metrics = serde_json::to_value(&hb.metrics).map_err(|e| e.to_string())?;
-            self.store
-                .record_heartbeat(node, &Timestamp::now(), &metrics, new_capacity)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(c) = new_capacity {
-                self.heartbeats.with(node, |beats| beats.capacity = Some(c));
-            }
-        }
-        if hb.status == fleet::NodeStatus::Maintenance {
-            let _ = self
-                .store
-                .set_node_status(node, NodeStatus::Maintenance)
-                .await;
-        }
-        Ok(())
+    fn heartbeats(&self, node: &NodeId) -> Arc<dyn HeartbeatSink> {
+        self.heartbeats.of(node, &self.store)
     }
 
     async fn instance_started(&self, node: &NodeId, ev: &InstanceStarted) -> Result<(), String> {

@@ -146,7 +146,24 @@ pub fn token() -> String {
 #[derive(Default)]
 pub struct Recorder {
     pub keys: std::collections::HashMap<String, (vmfleet_core::NodeId, String)>,
-    log: std::sync::Mutex<Vec<String>>,
+    log: Log,
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A node's heartbeats, recorded in its [`Recorder`]'s log.
+struct RecordedHeartbeats {
+    node: vmfleet_core::NodeId,
+    log: Log,
+}
+
+#[async_trait::async_trait]
+impl vmfleet_server::fleet::HeartbeatSink for RecordedHeartbeats {
+    async fn heartbeat(&self, hb: vmfleet_wire::fleet::HeartbeatReport) -> Result<(), String> {
+        let line = format!("heartbeat {} {:?}", self.node, hb.status);
+        self.log.lock().unwrap().push(line);
+        Ok(())
+    }
 }
 
 impl Recorder {
@@ -170,13 +187,14 @@ impl vmfleet_server::fleet::NodeRegistry for Recorder {
     async fn node_offline(&self, node: &vmfleet_core::NodeId) {
         self.push(format!("offline {node}"));
     }
-    async fn heartbeat(
+    fn heartbeats(
         &self,
         node: &vmfleet_core::NodeId,
-        hb: &vmfleet_wire::fleet::Heartbeat,
-    ) -> Result<(), String> {
-        self.push(format!("heartbeat {node} {:?}", hb.status));
-        Ok(())
+    ) -> std::sync::Arc<dyn vmfleet_server::fleet::HeartbeatSink> {
+        std::sync::Arc::new(RecordedHeartbeats {
+            node: node.clone(),
+            log: self.log.clone(),
+        })
     }
     async fn instance_started(
         &self,

@@ -9,6 +9,8 @@ pub enum DecodeError {
     Malformed(#[source] serde_json::Error),
     #[error("the message is not a JSON object")]
     NotAnObject,
+    #[error("a Socket.IO event is [name, payload]")]
+    NotAnEvent,
     #[error("the message has no `{0}` field")]
     MissingField(&'static str),
     #[error("the `{0}` field must be a string")]

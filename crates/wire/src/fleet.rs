@@ -6,8 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use vmfleet_core::{ByteSize, ContainerId, GpuIndex, ImageRef, NodeId, RentalId};
 
 use crate::error::{DecodeError, classify, from_de, from_value};
@@ -43,6 +47,41 @@ pub struct Capacity {
     pub memory_mb: u64,
     pub disk_gb: u64,
     pub gpus: u32,
+}
+
+/// `heartbeat` as the control plane reads it: checked as a [`Heartbeat`] is, its metrics kept
+/// as the JSON text the agent sent, to be stored as they are rather than written out again.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatReport {
+    pub node_id: NodeId,
+    pub status: NodeStatus,
+    /// [`HostMetrics`] as JSON text, checked to be valid ones.
+    pub metrics: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+impl<'de> Deserialize<'de> for HeartbeatReport {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Report {
+            node_id: NodeId,
+            status: NodeStatus,
+            metrics: Box<RawValue>,
+            capacity: Option<Capacity>,
+        }
+        let r = Report::deserialize(d)?;
+        serde_json::from_str::<HostMetrics>(r.metrics.get())
+            .map_err(|e| serde::de::Error::custom(format_args!("invalid metrics: {e}")))?;
+        Ok(HeartbeatReport {
+            node_id: r.node_id,
+            status: r.status,
+            metrics: r.metrics,
+            capacity: r.capacity,
+        })
+    }
 }
 
 /// What the node offers, as it reports it in heartbeats.
@@ -224,10 +263,10 @@ impl Ack {
     }
 }
 
-/// An event the agent emits.
+/// An event the agent emits. The control plane reads heartbeats as [`HeartbeatReport`]s.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AgentEvent {
-    Heartbeat(Heartbeat),
+pub enum AgentEvent<H = Heartbeat> {
+    Heartbeat(H),
     InstanceStarted(InstanceStarted),
     InstanceStopped(InstanceStopped),
     /// vmfleet's addition: a VM's state, whenever it changes and on every reconnection.
@@ -253,15 +292,20 @@ pub enum BackendCommand {
     ConsoleInput(ConsoleData),
 }
 
-impl AgentEvent {
-    pub const NAMES: [&'static str; 5] = [
-        "heartbeat",
-        "instance_started",
-        "instance_stopped",
-        "vm_state",
-        "console_output",
-    ];
+/// The names of [`AgentEvent`]s.
+const AGENT_EVENTS: [&str; 5] = [
+    "heartbeat",
+    "instance_started",
+    "instance_stopped",
+    "vm_state",
+    "console_output",
+];
 
+impl AgentEvent {
+    pub const NAMES: [&'static str; 5] = AGENT_EVENTS;
+}
+
+impl<H> AgentEvent<H> {
     pub fn name(&self) -> &'static str {
         match self {
             AgentEvent::Heartbeat(_) => "heartbeat",
@@ -271,7 +315,9 @@ impl AgentEvent {
             AgentEvent::ConsoleOutput(_) => "console_output",
         }
     }
+}
 
+impl<H: Serialize> AgentEvent<H> {
     pub fn payload(&self) -> Value {
         let v = match self {
             AgentEvent::Heartbeat(p) => serde_json::to_value(p),
@@ -283,7 +329,9 @@ impl AgentEvent {
         // Serializing these types cannot fail: every map key is a string or an integer.
         v.unwrap_or(Value::Null)
     }
+}
 
+impl<H: DeserializeOwned> AgentEvent<H> {
     pub fn decode(name: &str, payload: &Value) -> Result<Self, DecodeError> {
         Self::decode_from(name, payload)
     }
@@ -293,17 +341,119 @@ impl AgentEvent {
         Self::decode_from(name, &mut serde_json::Deserializer::from_str(payload))
     }
 
+    /// Decodes an event from its Socket.IO arguments, `[name, payload]` as JSON text, in one
+    /// pass: no [`Value`], nor the payload's text, in between. Arguments after the payload
+    /// are ignored.
+    pub fn decode_args(args: &str) -> Result<Self, DecodeError> {
+        let mut failed = None;
+        let mut de = serde_json::Deserializer::from_str(args);
+        let seed = Args {
+            failed: &mut failed,
+            event: PhantomData::<H>,
+        };
+        match seed
+            .deserialize(&mut de)
+            .and_then(|ev| de.end().map(|()| ev))
+        {
+            Ok(ev) => Ok(ev),
+            Err(source) => Err(match failed {
+                Some(Failed::Name(e)) => e,
+                Some(Failed::Payload(kind)) => DecodeError::Invalid { kind, source },
+                None if source.is_syntax() || source.is_eof() => DecodeError::Malformed(source),
+                None => DecodeError::NotAnEvent,
+            }),
+        }
+    }
+
     fn decode_from<'de, D>(name: &str, d: D) -> Result<Self, DecodeError>
     where
         D: serde::Deserializer<'de, Error = serde_json::Error>,
     {
-        match classify(name, &Self::NAMES, &BackendCommand::NAMES)? {
+        match classify(name, &AGENT_EVENTS, &BackendCommand::NAMES)? {
             kind @ "heartbeat" => from_de(kind, d).map(AgentEvent::Heartbeat),
             kind @ "instance_started" => from_de(kind, d).map(AgentEvent::InstanceStarted),
             kind @ "instance_stopped" => from_de(kind, d).map(AgentEvent::InstanceStopped),
             kind @ "vm_state" => from_de(kind, d).map(AgentEvent::VmState),
             kind => from_de(kind, d).map(AgentEvent::ConsoleOutput),
         }
+    }
+}
+
+/// Which part of an event's arguments did not decode.
+enum Failed {
+    /// The name: unknown, or the other side's.
+    Name(DecodeError),
+    /// The payload of this event.
+    Payload(&'static str),
+}
+
+/// Reads `[name, payload, ...]` into an [`AgentEvent`], noting in `failed` what went wrong.
+struct Args<'a, H> {
+    failed: &'a mut Option<Failed>,
+    event: PhantomData<H>,
+}
+
+impl<'de, H: Deserialize<'de>> DeserializeSeed<'de> for Args<'_, H> {
+    type Value = AgentEvent<H>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, H: Deserialize<'de>> Visitor<'de> for Args<'_, H> {
+    type Value = AgentEvent<H>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event: [name, payload]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let kind = match seq.next_element_seed(EventName) {
+            Ok(Some(Ok(kind))) => kind,
+            Ok(Some(Err(e))) => {
+                *self.failed = Some(Failed::Name(e));
+                return Err(A::Error::custom("not an agent event"));
+            }
+            Ok(None) => return Err(A::Error::invalid_length(0, &self)),
+            Err(e) => return Err(e),
+        };
+        *self.failed = Some(Failed::Payload(kind));
+        let ev = match kind {
+            "heartbeat" => seq.next_element()?.map(AgentEvent::Heartbeat),
+            "instance_started" => seq.next_element()?.map(AgentEvent::InstanceStarted),
+            "instance_stopped" => seq.next_element()?.map(AgentEvent::InstanceStopped),
+            "vm_state" => seq.next_element()?.map(AgentEvent::VmState),
+            _ => seq.next_element()?.map(AgentEvent::ConsoleOutput),
+        };
+        let ev = ev.ok_or_else(|| A::Error::invalid_length(1, &"a payload after the name"))?;
+        *self.failed = None;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ev)
+    }
+}
+
+/// An event's name, read without a copy: one of [`AgentEvent`]'s, or why not.
+struct EventName;
+
+impl<'de> DeserializeSeed<'de> for EventName {
+    type Value = Result<&'static str, DecodeError>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for EventName {
+    type Value = Result<&'static str, DecodeError>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event's name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(classify(name, &AGENT_EVENTS, &BackendCommand::NAMES))
     }
 }
 
@@ -370,7 +520,7 @@ mod tests {
     #[test]
     fn names_and_directions() {
         assert!(matches!(
-            AgentEvent::decode("start_instance", &json!({})),
+            AgentEvent::<Heartbeat>::decode("start_instance", &json!({})),
             Err(DecodeError::WrongDirection("start_instance"))
         ));
         assert!(matches!(
@@ -378,12 +528,67 @@ mod tests {
             Err(DecodeError::UnknownType(_))
         ));
         assert!(matches!(
-            AgentEvent::decode("heartbeat", &json!({"nodeId": "n1"})),
+            AgentEvent::<Heartbeat>::decode("heartbeat", &json!({"nodeId": "n1"})),
             Err(DecodeError::Invalid {
                 kind: "heartbeat",
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn an_event_decodes_from_its_arguments_in_one_pass() {
+        let metrics = r#"{"cpuTemp":null,"cpuUsagePercent":35,"ramUsageMb":1,"ramTotalMb":2,"diskUsageGb":3,"diskTotalGb":4,"networkRxMbps":0.5,"networkTxMbps":0}"#;
+        let hb = format!(r#"{{"nodeId":"n1","status":"online","metrics":{metrics}}}"#);
+        // The name may be escaped; arguments after the payload are ignored.
+        for args in [
+            format!(r#"["heartbeat",{hb}]"#),
+            format!(r#" [ "heart\u0062eat" , {hb} , 7 ] "#),
+        ] {
+            let Ok(AgentEvent::Heartbeat(report)) =
+                AgentEvent::<HeartbeatReport>::decode_args(&args)
+            else {
+                panic!("{args} did not decode");
+            };
+            // The metrics are the agent's text, as it sent them.
+            assert_eq!(report.metrics.get(), metrics);
+            assert_eq!(report.node_id.as_str(), "n1");
+            let typed = AgentEvent::<Heartbeat>::decode_args(&args).unwrap();
+            assert_eq!(
+                typed,
+                AgentEvent::<Heartbeat>::decode("heartbeat", &serde_json::from_str(&hb).unwrap())
+                    .unwrap()
+            );
+        }
+        let bad_metrics = hb.replace(r#""ramUsageMb":1"#, r#""ramUsageMb":-1"#);
+        let unknown_field = hb.replace(r#""ramUsageMb":1"#, r#""ramUsageMb":1,"x":2"#);
+        for (args, why) in [
+            (
+                format!(r#"["heartbeat",{bad_metrics}]"#),
+                "invalid `heartbeat`",
+            ),
+            (
+                format!(r#"["heartbeat",{unknown_field}]"#),
+                "invalid `heartbeat`",
+            ),
+            (r#"["heartbeat"]"#.to_owned(), "invalid `heartbeat`"),
+            (
+                format!(r#"["reboot",{hb}]"#),
+                "unknown message type `reboot`",
+            ),
+            (
+                format!(r#"["start_instance",{hb}]"#),
+                "not accepted from this side",
+            ),
+            (format!(r#"{{"heartbeat":{hb}}}"#), "is [name, payload]"),
+            ("[]".to_owned(), "is [name, payload]"),
+            ("[7, {}]".to_owned(), "is [name, payload]"),
+            (format!(r#"["heartbeat",{hb}"#), "not valid JSON"),
+            (format!(r#"["heartbeat",{hb}] x"#), "not valid JSON"),
+        ] {
+            let e = AgentEvent::<HeartbeatReport>::decode_args(&args).unwrap_err();
+            assert!(e.to_string().contains(why), "{args}: {e}");
+        }
     }
 
     #[test]

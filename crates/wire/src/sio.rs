@@ -130,7 +130,20 @@ pub fn event_frame(nsp: &str, id: Option<u64>, name: &str, payload: &Value) -> S
 
 /// The Engine.IO frame acknowledging event `id` on `nsp` with `reply_json` (JSON text).
 pub fn ack_frame(nsp: &str, id: u64, reply_json: &str) -> String {
-    format!("43{nsp},{id}[{reply_json}]")
+    let mut frame = String::with_capacity(8 + nsp.len() + reply_json.len());
+    write_ack_frame(&mut frame, nsp, id, reply_json);
+    frame
+}
+
+/// As [`ack_frame`], appended to `out`.
+pub fn write_ack_frame(out: &mut String, nsp: &str, id: u64, reply_json: &str) {
+    use std::fmt::Write;
+    out.push_str("43");
+    out.push_str(nsp);
+    // Writing to a `String` cannot fail.
+    let _ = write!(out, ",{id}[");
+    out.push_str(reply_json);
+    out.push(']');
 }
 
 /// The Engine.IO frame connecting to `nsp` with `payload` (the client's auth, or the server's

@@ -8,9 +8,10 @@
 //! The Engine.IO heartbeat is the server's, as socketioxide's: a ping every 25 s, the
 //! connection closed when the pong is not back within 20 s.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::os::fd::{BorrowedFd, RawFd};
@@ -20,19 +21,20 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::task::AtomicWaker;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use vmfleet_wire::fleet::{Ack, AgentEvent, NAMESPACE, NodeInfo};
+use vmfleet_wire::sio::write_ack_frame;
 use vmfleet_wire::sio::{self, Packet, PacketKind, eio};
 
 use super::frames::{self, FrameError, Kind, Reader};
-use super::{Fleet, Link, MAX_MESSAGE_BYTES, bearer};
+use super::{Event, Fleet, Link, MAX_MESSAGE_BYTES, Session, bearer};
 use crate::Peer;
 use crate::error::ApiError;
 
@@ -330,10 +332,100 @@ enum Out {
     Close,
 }
 
+/// What other tasks hand a direct connection's task: a bounded queue whose emptiness the
+/// task sees in one atomic load each time it wakes up (a heartbeat's wake-up nearly always
+/// finds it empty; a channel's check touches several cache lines cold by then).
+struct Outbox {
+    /// Entries queued and not yet taken; counted once an entry is in `queue`.
+    queued: AtomicUsize,
+    /// The connection's task, woken when an entry is queued.
+    task: AtomicWaker,
+    queue: Mutex<VecDeque<Out>>,
+    /// Room for [`OUTBOX`] entries: a permit per entry queued, given back when it is taken.
+    /// Closed when the connection is over.
+    room: Semaphore,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            queued: AtomicUsize::new(0),
+            task: AtomicWaker::new(),
+            queue: Mutex::new(VecDeque::new()),
+            room: Semaphore::new(OUTBOX),
+        }
+    }
+
+    /// Queues `out` if there is room now; whether it was queued.
+    fn try_push(&self, out: Out) -> bool {
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.push(out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queues `out` once there is room; whether it was queued (not if the connection ended).
+    async fn push_when_room(&self, out: Out) -> bool {
+        match self.room.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                self.push(out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn push(&self, out: Out) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(out);
+        self.queued.fetch_add(1, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// The next entry; the caller's task is woken when one comes. Only the connection's
+    /// task takes entries.
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Out> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            self.task.register(cx.waker());
+            // An entry queued before the registration would have woken nobody.
+            if self.queued.load(Ordering::Acquire) == 0 {
+                return Poll::Pending;
+            }
+        }
+        let out = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        match out {
+            Some(out) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.room.add_permits(1);
+                Poll::Ready(out)
+            }
+            // Not reached: `queued` counts only what is in the queue.
+            None => Poll::Pending,
+        }
+    }
+
+    /// The connection is over: nothing more is queued.
+    fn close(&self) {
+        self.room.close();
+    }
+}
+
 /// The handle of a direct connection: emit to it, wait for its acks, close it.
 pub(crate) struct DirectLink {
+    /// First: the connection's task checks it on every wake-up.
+    out: Outbox,
     id: u64,
-    out: mpsc::Sender<Out>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     next_ack: AtomicU64,
 }
@@ -358,7 +450,7 @@ impl DirectLink {
     /// Sends an event without waiting for an acknowledgement.
     pub(crate) fn emit(&self, name: &str, payload: &Value) {
         let frame = sio::event_frame(NAMESPACE, None, name, payload);
-        let _ = self.out.try_send(Out::Text(frame));
+        self.out.try_push(Out::Text(frame));
     }
 
     /// Sends an event and waits up to `timeout` for the node's acknowledgement.
@@ -373,10 +465,9 @@ impl DirectLink {
         self.acks().insert(id, tx);
         let frame = sio::event_frame(NAMESPACE, Some(id), name, payload);
         let answer = tokio::time::timeout(timeout, async {
-            self.out
-                .send(Out::Text(frame))
-                .await
-                .map_err(|_| LinkError::Closed)?;
+            if !self.out.push_when_room(Out::Text(frame)).await {
+                return Err(LinkError::Closed);
+            }
             rx.await.map_err(|_| LinkError::Closed)
         })
         .await;
@@ -391,7 +482,7 @@ impl DirectLink {
 
     /// Closes the connection.
     pub(crate) fn disconnect(&self) {
-        let _ = self.out.try_send(Out::Close);
+        self.out.try_push(Out::Close);
     }
 }
 
@@ -425,14 +516,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     };
     let node = info.node_id.clone();
-    let (out, mut outbox) = mpsc::channel(OUTBOX);
     let link = Arc::new(DirectLink {
+        out: Outbox::new(),
         id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
-        out,
         acks: Mutex::new(HashMap::new()),
         next_ack: AtomicU64::new(0),
     });
-    fleet.register(Link::Direct(link.clone()), info).await;
+    let session = fleet.session(&node);
+    fleet
+        .register(Link::Direct(link.clone()), session.clone(), info)
+        .await;
+    // The answer to the message at hand, built here before it is framed.
+    let mut answer = String::with_capacity(64);
 
     let mut ping = Pings::new(Instant::now());
     // One timer for the connection's life, moved to the next ping or pong deadline.
@@ -456,6 +551,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 let text = socket.reader.text(&message);
+                answer.clear();
                 let step = match text.chars().next() {
                     Some(eio::PONG) => {
                         ping.ponged();
@@ -463,20 +559,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         Step::Nothing
                     }
                     // A client's ping (Engine.IO v3 habit) gets its pong.
-                    Some(eio::PING) => Step::Answer(format!("{}{}", eio::PONG, &text[1..])),
-                    Some(eio::MESSAGE) => on_packet(&fleet, &node, &link, &text[1..]).await,
+                    Some(eio::PING) => {
+                        answer.push(eio::PONG);
+                        answer.push_str(&text[1..]);
+                        Step::Answer
+                    }
+                    Some(eio::MESSAGE) => {
+                        on_packet(&fleet, &session, &link, &text[1..], &mut answer).await
+                    }
                     Some(eio::CLOSE) => Step::Leave,
                     _ => Step::Nothing,
                 };
                 let written = match step {
-                    Step::Answer(frame) => {
+                    Step::Answer => {
                         let now = Instant::now();
                         if ping.due_with_answer(now) {
                             ping.sent(now);
                             timer.as_mut().reset(ping.wake());
-                            socket.send_with_ping(&frame).await
+                            socket.send_with_ping(&answer).await
                         } else {
-                            socket.send(&frame).await
+                            socket.send(&answer).await
                         }
                     }
                     Step::Nothing => Ok(()),
@@ -486,13 +588,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
             }
-            out = outbox.recv() => match out {
-                Some(Out::Text(frame)) => {
+            out = std::future::poll_fn(|cx| link.out.poll_next(cx)) => match out {
+                Out::Text(frame) => {
                     if socket.send(&frame).await.is_err() {
                         break;
                     }
                 }
-                Some(Out::Close) | None => {
+                Out::Close => {
                     let _ = socket.send(&sio::disconnect_frame(NAMESPACE)).await;
                     break;
                 }
@@ -514,7 +616,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     socket.close(frames::CLOSE_NORMAL, "").await;
-    // Waiters for acks learn the connection is gone.
+    // Senders and waiters for acks learn the connection is gone.
+    link.out.close();
     link.acks().clear();
     fleet.unregister(&Link::Direct(link), &node).await;
 }
@@ -577,20 +680,22 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// What the connection does after a packet.
 enum Step {
-    /// Writes this frame (an acknowledgement).
-    Answer(String),
+    /// Writes the answer (an acknowledgement).
+    Answer,
     Nothing,
     /// The agent left the namespace.
     Leave,
 }
 
-/// Handles one Socket.IO packet from a connected node.
+/// Handles one Socket.IO packet from `session`'s node; an acknowledgement goes to `answer`.
 async fn on_packet(
     fleet: &Fleet,
-    node: &vmfleet_core::NodeId,
+    session: &Arc<Session>,
     link: &Arc<DirectLink>,
     text: &str,
+    answer: &mut String,
 ) -> Step {
+    let node = &session.node;
     let Some(packet) = Packet::parse(text) else {
         tracing::debug!(%node, "dropped a frame that is not a Socket.IO packet");
         return Step::Nothing;
@@ -615,53 +720,56 @@ async fn on_packet(
         }
         PacketKind::Connect | PacketKind::ConnectError => return Step::Nothing,
     }
-    let id = packet.id;
-    let answer = move |ack: &Ack| {
-        let id = id?;
-        if *ack == Ack::ok() {
-            return Some(sio::ack_frame(NAMESPACE, id, OK));
-        }
-        let reply = serde_json::to_string(ack).unwrap_or_else(|_| "{\"success\":false}".into());
-        Some(sio::ack_frame(NAMESPACE, id, &reply))
-    };
-    // `[name, payload]`, the payload kept as text for the typed decoder.
-    let args: Option<Vec<&RawValue>> = serde_json::from_str(packet.data).ok();
-    let Some((name, payload)) = args.as_deref().and_then(|args| match args {
-        [name, rest @ ..] => Some((
-            serde_json::from_str::<String>(name.get()).ok()?,
-            rest.first(),
-        )),
-        [] => None,
-    }) else {
-        tracing::debug!(%node, "dropped an event that is not [name, payload]");
-        return answer(&Ack::refused("an event is [name, payload]"))
-            .map_or(Step::Nothing, Step::Answer);
-    };
-    let payload = payload.map_or("null", |p| p.get());
-    let Some(&name) = AgentEvent::NAMES.iter().find(|n| **n == name) else {
-        tracing::debug!(%node, event = %name, "dropped an unknown event");
-        return answer(&Ack::refused(format!("unknown event {name:?}")))
-            .map_or(Step::Nothing, Step::Answer);
-    };
-    if matches!(name, "heartbeat" | "console_output") {
-        // In order and inline: neither waits on anything but the store.
-        let ack = fleet
-            .event(node, name, || AgentEvent::decode_json(name, payload))
-            .await;
-        return answer(&ack).map_or(Step::Nothing, Step::Answer);
+    let ev = Event::decode_args(packet.data);
+    if let Err(e) = &ev {
+        tracing::debug!(%node, error = %e, "refused an event");
     }
-    // The others may wait on the store for long: the connection keeps reading meanwhile.
-    let (fleet, node, link) = (fleet.clone(), node.clone(), link.clone());
-    let payload = payload.to_owned();
+    if !matches!(
+        ev,
+        Ok(AgentEvent::Heartbeat(_) | AgentEvent::ConsoleOutput(_)) | Err(_)
+    ) {
+        handle_later(fleet, session, link, ev, packet.id);
+        return Step::Nothing;
+    }
+    // In order and inline: neither waits on anything but the store.
+    let ack = fleet.event(session, ev).await;
+    match packet.id {
+        Some(id) => {
+            write_ack(answer, id, &ack);
+            Step::Answer
+        }
+        None => Step::Nothing,
+    }
+}
+
+/// Handles an event that may wait on the store for long in a task of its own, so that the
+/// connection keeps reading meanwhile; its acknowledgement, if `id`, goes through the outbox.
+fn handle_later(
+    fleet: &Fleet,
+    session: &Arc<Session>,
+    link: &Arc<DirectLink>,
+    ev: Result<Event, vmfleet_wire::DecodeError>,
+    id: Option<u64>,
+) {
+    let (fleet, session, link) = (fleet.clone(), session.clone(), link.clone());
     tokio::spawn(async move {
-        let ack = fleet
-            .event(&node, name, || AgentEvent::decode_json(name, &payload))
-            .await;
-        if let Some(frame) = answer(&ack) {
-            let _ = link.out.send(Out::Text(frame)).await;
+        let ack = fleet.event(&session, ev).await;
+        if let Some(id) = id {
+            let mut frame = String::new();
+            write_ack(&mut frame, id, &ack);
+            link.out.push_when_room(Out::Text(frame)).await;
         }
     });
-    Step::Nothing
+}
+
+/// Writes the frame acknowledging event `id` with `ack`.
+fn write_ack(out: &mut String, id: u64, ack: &Ack) {
+    if *ack == Ack::ok() {
+        write_ack_frame(out, NAMESPACE, id, OK);
+    } else {
+        let reply = serde_json::to_string(ack).unwrap_or_else(|_| "{\"success\":false}".into());
+        write_ack_frame(out, NAMESPACE, id, &reply);
+    }
 }
 
 /// Engine.IO's heartbeat on one connection: when the next ping is due, and the pong awaited.
@@ -711,6 +819,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_bounds_its_senders_and_wakes_its_task() {
+        let outbox = Arc::new(Outbox::new());
+        let next = || std::future::poll_fn(|cx| outbox.poll_next(cx));
+        let text = |out: Out| match out {
+            Out::Text(t) => t,
+            Out::Close => "close".to_owned(),
+        };
+        // Empty: the task waits, and a push wakes it.
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { text(std::future::poll_fn(|cx| outbox.poll_next(cx)).await) }
+        });
+        tokio::task::yield_now().await;
+        assert!(outbox.try_push(Out::Text("first".into())));
+        assert_eq!(waiting.await.unwrap(), "first");
+        // Full: a sender waits for room, which a take makes.
+        for i in 0..OUTBOX {
+            assert!(outbox.try_push(Out::Text(i.to_string())));
+        }
+        assert!(!outbox.try_push(Out::Text("no room".into())));
+        let blocked = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.push_when_room(Out::Close).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished());
+        assert_eq!(text(next().await), "0");
+        assert!(blocked.await.unwrap());
+        for i in 1..OUTBOX {
+            assert_eq!(text(next().await), i.to_string());
+        }
+        assert_eq!(text(next().await), "close");
+        // Over: nothing more is queued, and waiting senders learn it.
+        for _ in 0..OUTBOX {
+            assert!(outbox.try_push(Out::Text("x".into())));
+        }
+        let late = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.push_when_room(Out::Close).await }
+        });
+        tokio::task::yield_now().await;
+        outbox.close();
+        assert!(!late.await.unwrap());
+        assert!(!outbox.try_push(Out::Close));
+    }
 
     fn req(uri: &str) -> Request {
         Request::builder()

@@ -4,7 +4,8 @@
 //! A node authenticates with its host key, as `Authorization: Bearer <key>` in the handshake
 //! or `{"token": "<key>"}` in the connect payload; a wrong key gets `connect_error` and no
 //! connection. Events become wire types at once ([`AgentEvent::decode`]) and go to the
-//! [`NodeRegistry`]; each is acknowledged `{ "success": true }` or `false` with the reason.
+//! [`NodeRegistry`] (heartbeats to the node's [`HeartbeatSink`], found once per connection);
+//! each is acknowledged `{ "success": true }` or `false` with the reason.
 //! A node is online while connected and heartbeating: three missed heartbeats (15 s) mark it
 //! offline and drop the connection, even when TCP stays half-open.
 //!
@@ -35,9 +36,13 @@ mod frames;
 pub(crate) use direct::intercept;
 use direct::{DirectLink, LinkError};
 use vmfleet_wire::fleet::{
-    Ack, AgentEvent, BackendCommand, Base64, ConsoleData, ConsoleRef, Heartbeat, InstanceStarted,
-    InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, VmCommand, VmCommandReply, VmReport,
+    Ack, AgentEvent, BackendCommand, Base64, ConsoleData, ConsoleRef, HeartbeatReport,
+    InstanceStarted, InstanceStopped, NAMESPACE, NODE_INFO, NodeInfo, VmCommand, VmCommandReply,
+    VmReport,
 };
+
+/// An agent's event as the control plane reads it.
+type Event = AgentEvent<HeartbeatReport>;
 
 /// How often agents heartbeat (seed 001), and how many may be missed.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
@@ -60,11 +65,18 @@ pub trait NodeRegistry: Send + Sync + 'static {
     async fn authenticate(&self, host_key: &str) -> Option<(NodeId, String)>;
     async fn node_online(&self, node: &NodeId);
     async fn node_offline(&self, node: &NodeId);
-    async fn heartbeat(&self, node: &NodeId, hb: &Heartbeat) -> Result<(), String>;
+    /// Where `node`'s heartbeats go: found once per connection, not once per heartbeat.
+    fn heartbeats(&self, node: &NodeId) -> Arc<dyn HeartbeatSink>;
     async fn instance_started(&self, node: &NodeId, ev: &InstanceStarted) -> Result<(), String>;
     async fn instance_stopped(&self, node: &NodeId, ev: &InstanceStopped) -> Result<(), String>;
     /// A VM of `node` changed state (or was reported on reconnection).
     async fn vm_state(&self, node: &NodeId, report: &VmReport) -> Result<(), String>;
+}
+
+/// Records one node's heartbeats.
+#[async_trait]
+pub trait HeartbeatSink: Send + Sync + 'static {
+    async fn heartbeat(&self, hb: HeartbeatReport) -> Result<(), String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,19 +165,39 @@ impl Link {
 /// A connected node.
 struct Conn {
     sock: Link,
-    /// When it was last heard from.
+    session: Arc<Session>,
+}
+
+/// What a node's events read and update, held by its connection so that an event needs no
+/// lookup, and by the fleet's map of nodes (whose watchdog reads when it was last heard from).
+struct Session {
+    node: NodeId,
+    liveness: Mutex<Liveness>,
+    heartbeats: Arc<dyn HeartbeatSink>,
+}
+
+struct Liveness {
+    /// When the node was last heard from.
     seen: Instant,
+    /// Its allowance of heartbeats.
     heartbeats: Bucket,
 }
 
-impl Conn {
-    fn new(sock: Link, heartbeat_period: Duration) -> Self {
+impl Session {
+    fn new(node: NodeId, heartbeats: Arc<dyn HeartbeatSink>, heartbeat_period: Duration) -> Self {
         let per_sec = (2.0 / heartbeat_period.as_secs_f64().max(0.001)).max(1.0);
-        Conn {
-            sock,
-            seen: Instant::now(),
-            heartbeats: Bucket::full(HEARTBEAT_BURST, per_sec),
+        Session {
+            node,
+            liveness: Mutex::new(Liveness {
+                seen: Instant::now(),
+                heartbeats: Bucket::full(HEARTBEAT_BURST, per_sec),
+            }),
+            heartbeats,
         }
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -313,12 +345,25 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A session for a connection of `node`, to [`register`](Self::register) with it.
+    fn session(&self, node: &NodeId) -> Arc<Session> {
+        let heartbeats = self.inner.registry.heartbeats(node);
+        Arc::new(Session::new(
+            node.clone(),
+            heartbeats,
+            self.inner.heartbeat_period,
+        ))
+    }
+
     /// Takes `link` as `info`'s node's connection: online, and told who it is.
-    async fn register(&self, link: Link, info: NodeInfo) {
+    async fn register(&self, link: Link, session: Arc<Session>, info: NodeInfo) {
         let node = info.node_id.clone();
         tracing::info!(%node, name = %info.name, "node connected");
         // A node connects once: a newer connection replaces an older one.
-        let conn = Conn::new(link.clone(), self.inner.heartbeat_period);
+        let conn = Conn {
+            sock: link.clone(),
+            session,
+        };
         if let Some(old) = self.nodes().insert(node.clone(), conn) {
             old.sock.disconnect();
         }
@@ -346,6 +391,7 @@ impl Fleet {
     /// A node connected through socketioxide.
     async fn connected(&self, s: SocketRef, info: NodeInfo) {
         let node = info.node_id.clone();
+        let session = self.session(&node);
         // Handlers first: the agent may send as soon as it hears `node_info`.
         // Console bytes are handled in the order they arrive: in the handler's synchronous
         // part, which runs in the socket's receive loop (the futures it returns run as tasks,
@@ -356,7 +402,7 @@ impl Fleet {
             s.on(
                 "console_output",
                 move |Data(payload): Data<Value>, ack: AckSender| {
-                    let reply = match AgentEvent::decode("console_output", &payload) {
+                    let reply = match Event::decode("console_output", &payload) {
                         Ok(AgentEvent::ConsoleOutput(c)) => match fleet.console_output(&node, &c) {
                             Ok(()) => Ack::ok(),
                             Err(m) => Ack::refused(m),
@@ -376,14 +422,12 @@ impl Fleet {
             .filter(|n| *n != "console_output")
         {
             let fleet = self.clone();
-            let node = node.clone();
+            let session = session.clone();
             s.on(name, move |Data(payload): Data<Value>, ack: AckSender| {
                 let fleet = fleet.clone();
-                let node = node.clone();
+                let session = session.clone();
                 async move {
-                    let reply = fleet
-                        .event(&node, name, || AgentEvent::decode(name, &payload))
-                        .await;
+                    let reply = fleet.event(&session, Event::decode(name, &payload)).await;
                     let _ = ack.send(&reply);
                 }
             });
@@ -395,55 +439,49 @@ impl Fleet {
             let node = gone.clone();
             async move { fleet.unregister(&Link::Sio(s), &node).await }
         });
-        self.register(Link::Sio(s), info).await;
+        self.register(Link::Sio(s), session, info).await;
     }
 
-    /// Handles one agent event and returns its acknowledgement; `decode` reads it (only
-    /// once the node may send it).
-    async fn event(
-        &self,
-        node: &NodeId,
-        name: &str,
-        decode: impl FnOnce() -> Result<AgentEvent, vmfleet_wire::DecodeError>,
-    ) -> Ack {
-        let now = Instant::now();
-        let allowed = match self.nodes().get_mut(node) {
-            Some(conn) => {
-                conn.seen = now;
-                if name == "heartbeat" {
-                    conn.heartbeats.take(now)
-                } else {
-                    Ok(())
-                }
+    /// Handles one event of `session`'s node, as decoded, and returns its acknowledgement.
+    async fn event(&self, session: &Session, ev: Result<Event, vmfleet_wire::DecodeError>) -> Ack {
+        let node = &session.node;
+        let allowed = {
+            let now = Instant::now();
+            let mut liveness = session.liveness();
+            liveness.seen = now;
+            let heartbeat = match &ev {
+                Ok(ev) => ev.name() == "heartbeat",
+                Err(e) => e.kind() == Some("heartbeat"),
+            };
+            if heartbeat {
+                liveness.heartbeats.take(now)
+            } else {
+                Ok(())
             }
-            None => Ok(()),
         };
-        match allowed {
-            Ok(()) => {}
-            Err(first) => {
-                if first {
-                    tracing::warn!(%node, "heartbeat flood: refusing heartbeats until the node slows down");
-                }
-                return Ack::refused("too many heartbeats: a node heartbeats once per period");
+        if let Err(first) = allowed {
+            if first {
+                tracing::warn!(%node, "heartbeat flood: refusing heartbeats until the node slows down");
             }
+            return Ack::refused("too many heartbeats: a node heartbeats once per period");
         }
-        let ev = match decode() {
+        let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
                 let detail = std::error::Error::source(&e).map(|s| format!(": {s}"));
                 return Ack::refused(format!("{e}{}", detail.unwrap_or_default()));
             }
         };
-        let r = match &ev {
+        let r = match ev {
             AgentEvent::Heartbeat(hb) if &hb.node_id != node => Err(format!(
                 "nodeId {} is not the node this host key belongs to",
                 hb.node_id
             )),
-            AgentEvent::Heartbeat(hb) => self.inner.registry.heartbeat(node, hb).await,
-            AgentEvent::InstanceStarted(e) => self.inner.registry.instance_started(node, e).await,
-            AgentEvent::InstanceStopped(e) => self.inner.registry.instance_stopped(node, e).await,
-            AgentEvent::VmState(r) => self.inner.registry.vm_state(node, r).await,
-            AgentEvent::ConsoleOutput(c) => self.console_output(node, c),
+            AgentEvent::Heartbeat(hb) => session.heartbeats.heartbeat(hb).await,
+            AgentEvent::InstanceStarted(e) => self.inner.registry.instance_started(node, &e).await,
+            AgentEvent::InstanceStopped(e) => self.inner.registry.instance_stopped(node, &e).await,
+            AgentEvent::VmState(r) => self.inner.registry.vm_state(node, &r).await,
+            AgentEvent::ConsoleOutput(c) => self.console_output(node, &c),
         };
         match r {
             Ok(()) => Ack::ok(),
@@ -470,7 +508,7 @@ impl Fleet {
                     let mut nodes = fleet.nodes();
                     let ids: Vec<NodeId> = nodes
                         .iter()
-                        .filter(|(_, c)| c.seen.elapsed() > limit)
+                        .filter(|(_, c)| c.session.liveness().seen.elapsed() > limit)
                         .map(|(id, _)| id.clone())
                         .collect();
                     ids.into_iter()
@@ -652,7 +690,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use vmfleet_wire::fleet::{Heartbeat, InstanceStarted, InstanceStopped, VmReport};
+    use vmfleet_wire::fleet::{InstanceStarted, InstanceStopped, VmReport};
 
     /// Knows no node: enough for a fleet nobody connects to.
     struct Nobody;
@@ -664,8 +702,8 @@ mod tests {
         }
         async fn node_online(&self, _: &NodeId) {}
         async fn node_offline(&self, _: &NodeId) {}
-        async fn heartbeat(&self, _: &NodeId, _: &Heartbeat) -> Result<(), String> {
-            Ok(())
+        fn heartbeats(&self, _: &NodeId) -> Arc<dyn HeartbeatSink> {
+            Arc::new(Nobody)
         }
         async fn instance_started(&self, _: &NodeId, _: &InstanceStarted) -> Result<(), String> {
             Ok(())
@@ -674,6 +712,13 @@ mod tests {
             Ok(())
         }
         async fn vm_state(&self, _: &NodeId, _: &VmReport) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl HeartbeatSink for Nobody {
+        async fn heartbeat(&self, _: HeartbeatReport) -> Result<(), String> {
             Ok(())
         }
     }

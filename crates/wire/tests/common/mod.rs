@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use vmfleet_wire::api::*;
-use vmfleet_wire::fleet::{Ack, AgentEvent, BackendCommand};
+use vmfleet_wire::fleet::{Ack, AgentEvent, BackendCommand, Heartbeat, HeartbeatReport};
 use vmfleet_wire::node::{NodeReply, NodeRequest};
 use vmfleet_wire::ws::WsMessage;
 use vmfleet_wire::{DecodeError, decode_body};
@@ -44,10 +44,20 @@ fn payload(text: &str) -> Result<Value, DecodeError> {
 macro_rules! agent_event {
     ($name:literal) => {
         |text: &str| -> Result<Value, DecodeError> {
-            let via_value = AgentEvent::decode($name, &payload(text)?).map(|e| e.payload());
+            let via_value =
+                AgentEvent::<Heartbeat>::decode($name, &payload(text)?).map(|e| e.payload());
             // The text decoder (`/fleet`'s direct connections) agrees with it.
-            let via_text = AgentEvent::decode_json($name, text).map(|e| e.payload());
+            let via_text = AgentEvent::<Heartbeat>::decode_json($name, text).map(|e| e.payload());
             assert_eq!(via_value.as_ref().ok(), via_text.as_ref().ok(), "{text}");
+            if serde_json::from_str::<Value>(text).is_ok() {
+                // So does the one-pass decoder of `[name, payload]`, and the control plane's
+                // reading of heartbeats accepts the same.
+                let args = format!("[\"{}\",{text}]", $name);
+                let via_args = AgentEvent::<Heartbeat>::decode_args(&args).map(|e| e.payload());
+                assert_eq!(via_value.as_ref().ok(), via_args.as_ref().ok(), "{text}");
+                let report = AgentEvent::<HeartbeatReport>::decode_args(&args);
+                assert_eq!(via_value.is_ok(), report.is_ok(), "{text}");
+            }
             via_value
         }
     };
