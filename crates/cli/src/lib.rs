@@ -152,6 +152,12 @@ pub struct PlaneArgs {
     /// dropped with a `RATE_LIMITED` error.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_messages_per_sec: u32,
+    /// While agents send more than 1,000 messages a second and no console is watched, the
+    /// `/fleet` thread waits this many milliseconds before it sleeps, so that one wake-up
+    /// handles every message of the window: less CPU per heartbeat, for at most this much
+    /// added to an agent's message; 0 turns it off.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=50))]
+    pub fleet_batch_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,9 @@ pub struct PlaneOptions {
     pub rate_limits: RateLimits,
     /// The WebSocket API's limits: console idle timeout, messages a second per connection.
     pub ws: WsConfig,
+    /// How long the `/fleet` thread batches its wake-ups under load (zero: never); see
+    /// [`vmfleet_server::fleet::batch`].
+    pub fleet_batch: Duration,
 }
 
 /// The domains a sign-in message may name: the configured ones, the bound address, and
@@ -70,6 +73,7 @@ impl From<&PlaneArgs> for PlaneOptions {
                 messages_per_sec: f64::from(a.ws_messages_per_sec),
                 message_burst: f64::from(a.ws_messages_per_sec.saturating_mul(2)),
             },
+            fleet_batch: Duration::from_millis(a.fleet_batch_ms),
         }
     }
 }
@@ -91,6 +95,7 @@ impl ControlPlane {
     /// Opens the data dir, writes a fresh admin token, binds the listener and starts serving.
     pub async fn start(opts: PlaneOptions) -> Result<Self, CliError> {
         let data_dir = DataDir::open(&opts.data_dir)?;
+        vmfleet_server::fleet::batch::set_window(opts.fleet_batch);
         let key = data_dir.jwt_key()?;
         let now = Timestamp::now().unix_seconds();
         let ttl = i64::try_from(opts.token_ttl.as_secs()).unwrap_or(i64::MAX);

@@ -595,6 +595,7 @@ async fn plane_with(
         scheduler: Default::default(),
         rate_limits,
         ws,
+        fleet_batch: vmfleet_server::fleet::batch::DEFAULT_WINDOW,
     })
     .await
     .unwrap()

@@ -36,6 +36,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         scheduler: Default::default(),
         rate_limits: Default::default(),
         ws: Default::default(),
+        fleet_batch: vmfleet_server::fleet::batch::DEFAULT_WINDOW,
     })
     .await
     .unwrap();
@@ -198,6 +199,7 @@ async fn a_rental_runs_as_a_container_through_the_agent() {
         scheduler: Default::default(),
         rate_limits: Default::default(),
         ws: Default::default(),
+        fleet_batch: vmfleet_server::fleet::batch::DEFAULT_WINDOW,
     })
     .await
     .unwrap();

@@ -165,6 +165,7 @@ fn the_agent_binary_joins_a_control_plane() {
             scheduler: Default::default(),
             rate_limits: Default::default(),
             ws: Default::default(),
+            fleet_batch: vmfleet_server::fleet::batch::DEFAULT_WINDOW,
         })
         .await
         .unwrap();

@@ -185,6 +185,7 @@ fn listen_conflict_is_a_clear_error() {
             scheduler: Default::default(),
             rate_limits: Default::default(),
             ws: Default::default(),
+            fleet_batch: vmfleet_server::fleet::batch::DEFAULT_WINDOW,
         })
         .await
         .err()

@@ -51,6 +51,7 @@ async fn a_wallet_signs_in_once_per_nonce() {
         scheduler: Default::default(),
         rate_limits: Default::default(),
         ws: Default::default(),
+        fleet_batch: vmfleet_server::fleet::batch::DEFAULT_WINDOW,
     })
     .await
     .unwrap();

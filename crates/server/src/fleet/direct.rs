@@ -150,6 +150,7 @@ fn fleet_runtime() -> Option<&'static tokio::runtime::Handle> {
     RUNTIME
         .get_or_init(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
+                .on_thread_park(super::batch::before_park)
                 .enable_all()
                 .build()
                 .map_err(|e| tracing::warn!(error = %e, "cannot build the /fleet runtime"))
@@ -537,7 +538,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             message = socket.next() => {
                 let message = match message {
-                    Ok(Some(message)) => message,
+                    Ok(Some(message)) => {
+                        super::batch::message();
+                        message
+                    }
                     Ok(None) => break,
                     Err(why) => {
                         socket.fail(Some(&node), why).await;

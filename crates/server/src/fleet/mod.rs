@@ -31,6 +31,7 @@ use vmfleet_core::{NodeId, VmId};
 
 use crate::bucket::Bucket;
 
+pub mod batch;
 mod direct;
 mod frames;
 pub(crate) use direct::intercept;
@@ -219,6 +220,7 @@ pub struct ConsoleTap {
     pub output: broadcast::Receiver<bytes::Bytes>,
     fleet: Fleet,
     vm: VmId,
+    _watching: batch::Watching,
 }
 
 impl ConsoleTap {
@@ -643,6 +645,7 @@ impl Fleet {
             output,
             fleet: self.clone(),
             vm: vm.clone(),
+            _watching: batch::Watching::start(),
         };
         if first {
             let cmd = BackendCommand::ConsoleAttach(ConsoleRef { vm_id: vm.clone() });
@@ -741,6 +744,7 @@ mod tests {
             output,
             fleet: fleet.clone(),
             vm: vm.clone(),
+            _watching: batch::Watching::start(),
         };
         let say = |text: &str| {
             let c = ConsoleData {
