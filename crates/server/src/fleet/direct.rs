@@ -30,7 +30,6 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use vmfleet_wire::fleet::{Ack, AgentEvent, NAMESPACE, NodeInfo};
-use vmfleet_wire::sio::write_ack_frame;
 use vmfleet_wire::sio::{self, Packet, PacketKind, eio};
 
 use super::frames::{self, FrameError, Kind, Reader};
@@ -769,10 +768,10 @@ fn handle_later(
 /// Writes the frame acknowledging event `id` with `ack`.
 fn write_ack(out: &mut String, id: u64, ack: &Ack) {
     if *ack == Ack::ok() {
-        write_ack_frame(out, NAMESPACE, id, OK);
+        sio::write_ack_frame(out, NAMESPACE, id, OK);
     } else {
         let reply = serde_json::to_string(ack).unwrap_or_else(|_| "{\"success\":false}".into());
-        write_ack_frame(out, NAMESPACE, id, &reply);
+        sio::write_ack_frame(out, NAMESPACE, id, &reply);
     }
 }
 
