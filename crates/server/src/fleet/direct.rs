@@ -49,6 +49,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// A connection's read buffer: heartbeats are a few hundred bytes; a bigger message grows it
 /// for as long as it takes to read (see [`frames::Reader`]).
 const READ_BUFFER: usize = 2 * 1024;
+/// How long a write may wait for the client to read: a client that stops reading would
+/// otherwise hold its connection's task and socket for as long as TCP lets it (for ever,
+/// while it keeps advertising a zero window).
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// `{ "success": true }`, the acknowledgement of nearly every event.
 const OK: &str = r#"{"success":true}"#;
 /// Frames for the connection's task to write (commands, acks of spawned handlers).
@@ -255,10 +259,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
     }
 
-    /// Writes what is buffered. Cancel-safe: what was not written stays buffered.
+    /// Writes what is buffered; fails when the client read nothing for [`WRITE_STALL`].
+    /// Cancel-safe: what was not written stays buffered.
     async fn flush(&mut self) -> std::io::Result<()> {
         while !self.out.is_empty() {
-            let written = match self.io.write(&self.out).await {
+            // Nearly always written at once: a timer only for a write that has to wait.
+            let at_once = std::future::poll_fn(|cx| {
+                Poll::Ready(std::pin::Pin::new(&mut self.io).poll_write(cx, &self.out))
+            })
+            .await;
+            let written = match at_once {
+                Poll::Ready(written) => written,
+                Poll::Pending => tokio::time::timeout(WRITE_STALL, self.io.write(&self.out))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client read nothing for 30 s",
+                        ))
+                    }),
+            };
+            let written = match written {
                 Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
                 written => written,
             };
@@ -868,6 +889,97 @@ mod tests {
         outbox.close();
         assert!(!late.await.unwrap());
         assert!(!outbox.try_push(Out::Close));
+    }
+
+    /// Knows one node, whose host key is `key`.
+    struct OneNode(vmfleet_core::NodeId);
+
+    #[async_trait::async_trait]
+    impl super::super::NodeRegistry for OneNode {
+        async fn authenticate(&self, key: &str) -> Option<(vmfleet_core::NodeId, String)> {
+            (key == "key").then(|| (self.0.clone(), "n".to_owned()))
+        }
+        async fn node_online(&self, _: &vmfleet_core::NodeId) {}
+        async fn node_offline(&self, _: &vmfleet_core::NodeId) {}
+        fn heartbeats(&self, _: &vmfleet_core::NodeId) -> Arc<dyn super::super::HeartbeatSink> {
+            Arc::new(OneNode(self.0.clone()))
+        }
+        async fn instance_started(
+            &self,
+            _: &vmfleet_core::NodeId,
+            _: &vmfleet_wire::fleet::InstanceStarted,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        async fn instance_stopped(
+            &self,
+            _: &vmfleet_core::NodeId,
+            _: &vmfleet_wire::fleet::InstanceStopped,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        async fn vm_state(
+            &self,
+            _: &vmfleet_core::NodeId,
+            _: &vmfleet_wire::fleet::VmReport,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl super::super::HeartbeatSink for OneNode {
+        async fn heartbeat(&self, _: vmfleet_wire::fleet::HeartbeatReport) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A client's text frame: masked (with a zero key, which leaves the bytes as they are).
+    fn client_text(text: &str) -> Vec<u8> {
+        assert!(text.len() < 126);
+        let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall() {
+        let (_layer, io) = socketioxide::SocketIo::new_layer();
+        let node = vmfleet_core::NodeId::generate();
+        let fleet = Fleet::attach(&io, Arc::new(OneNode(node.clone())), Duration::from_secs(5));
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer key"));
+        let served = tokio::spawn(serve_io(fleet.clone(), server, headers));
+        client
+            .write_all(&client_text(&format!("40{NAMESPACE},")))
+            .await
+            .unwrap();
+        // The open packet, then the connect: the node is connected.
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains(r#"{"sid""#) || !fleet.is_connected(&node) {
+            let mut buf = [0u8; 512];
+            let n = client.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // From here on the client writes and never reads: answers pile up until the server's
+        // writes wait, then the connection goes (the client's own writes wait meanwhile).
+        let stalled = tokio::time::Instant::now();
+        let unknown = client_text(&format!(r#"42{NAMESPACE},1["no_such_event",{{}}]"#));
+        for _ in 0..200 {
+            if client.write_all(&unknown).await.is_err() {
+                // Closed by the server meanwhile.
+                break;
+            }
+        }
+        served.await.unwrap();
+        assert!(!fleet.is_connected(&node));
+        // Paused time: what the server waited is its timers', not the test's.
+        let waited = stalled.elapsed();
+        assert!(
+            waited >= WRITE_STALL && waited < WRITE_STALL + Duration::from_secs(5),
+            "the connection went after {waited:?}"
+        );
     }
 
     fn req(uri: &str) -> Request {
