@@ -7,8 +7,9 @@
 //! a second and no console is watched, the thread waits the batch window
 //! ([`set_window`], `--fleet-batch-ms`) before it sleeps, so that one wake-up finds every
 //! message of that window: less CPU per heartbeat, for at most the window added to a message
-//! (or a command to an agent) that arrives meanwhile. A heartbeat's acknowledgement has 50 ms
-//! (issue 5); a console is interactive, so while one is watched the thread never waits.
+//! (or a command to an agent) that arrives meanwhile, against a heartbeat acknowledgement's
+//! budget of 50 ms at p99. A console is interactive: while one is watched the thread never
+//! waits.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
