@@ -56,10 +56,9 @@ pub const HEARTBEAT_FLUSH: Duration = crate::fleet::HEARTBEAT_PERIOD;
 /// The first heartbeat of a connection and a changed capacity are written at once (the
 /// scheduler places by them).
 ///
-/// Per node, one entry, which the node's connection holds: a heartbeat needs no lookup
-/// (keys are node ids the control plane issued, so a fast hasher is safe).
+/// Per node, one entry, which the node's connection holds: a heartbeat needs no lookup.
 #[derive(Default)]
-struct Heartbeats(Mutex<HashMap<NodeId, Arc<NodeHeartbeats>, foldhash::fast::RandomState>>);
+struct Heartbeats(Mutex<HashMap<NodeId, Arc<NodeHeartbeats>>>);
 
 /// An accepted heartbeat: when it arrived and its metrics as JSON text.
 type Pending = (SystemTime, Box<serde_json::value::RawValue>);
@@ -83,9 +82,7 @@ struct Beats {
 }
 
 impl Heartbeats {
-    fn lock(
-        &self,
-    ) -> MutexGuard<'_, HashMap<NodeId, Arc<NodeHeartbeats>, foldhash::fast::RandomState>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Arc<NodeHeartbeats>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -147,8 +144,6 @@ impl HeartbeatSink for NodeHeartbeats {
             }
         };
         if let Some((new_capacity, metrics)) = write_now {
-            let metrics: serde_json::Value =
-                serde_json::from_str(metrics.get()).map_err(|e| e.to_string())?;
             self.store
                 .record_heartbeat(&self.node, &Timestamp::now(), &metrics, new_capacity)
                 .await

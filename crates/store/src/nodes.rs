@@ -118,7 +118,7 @@ impl Store {
         &self,
         id: &NodeId,
         at: &Timestamp,
-        metrics: &serde_json::Value,
+        metrics: &serde_json::value::RawValue,
         capacity: Option<Resources>,
     ) -> Result<()> {
         let done = match capacity {
@@ -126,7 +126,7 @@ impl Store {
                 sqlx::query("UPDATE nodes SET last_heartbeat_at = $2, metrics = $3 WHERE id = $1")
                     .bind(id.as_str())
                     .bind(at.unix_millis())
-                    .bind(metrics.to_string())
+                    .bind(metrics.get())
                     .execute(&self.pool)
                     .await?
             }
@@ -138,7 +138,7 @@ impl Store {
                 )
                 .bind(id.as_str())
                 .bind(at.unix_millis())
-                .bind(metrics.to_string())
+                .bind(metrics.get())
                 .bind(vcpus)
                 .bind(memory)
                 .bind(disk)

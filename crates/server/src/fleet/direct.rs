@@ -275,7 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                     .unwrap_or_else(|_| {
                         Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "the client read nothing for 30 s",
+                            format!("the client read nothing for {:?}", WRITE_STALL),
                         ))
                     }),
             };
@@ -891,49 +891,6 @@ mod tests {
         assert!(!outbox.try_push(Out::Close));
     }
 
-    /// Knows one node, whose host key is `key`.
-    struct OneNode(vmfleet_core::NodeId);
-
-    #[async_trait::async_trait]
-    impl super::super::NodeRegistry for OneNode {
-        async fn authenticate(&self, key: &str) -> Option<(vmfleet_core::NodeId, String)> {
-            (key == "key").then(|| (self.0.clone(), "n".to_owned()))
-        }
-        async fn node_online(&self, _: &vmfleet_core::NodeId) {}
-        async fn node_offline(&self, _: &vmfleet_core::NodeId) {}
-        fn heartbeats(&self, _: &vmfleet_core::NodeId) -> Arc<dyn super::super::HeartbeatSink> {
-            Arc::new(OneNode(self.0.clone()))
-        }
-        async fn instance_started(
-            &self,
-            _: &vmfleet_core::NodeId,
-            _: &vmfleet_wire::fleet::InstanceStarted,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        async fn instance_stopped(
-            &self,
-            _: &vmfleet_core::NodeId,
-            _: &vmfleet_wire::fleet::InstanceStopped,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        async fn vm_state(
-            &self,
-            _: &vmfleet_core::NodeId,
-            _: &vmfleet_wire::fleet::VmReport,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl super::super::HeartbeatSink for OneNode {
-        async fn heartbeat(&self, _: vmfleet_wire::fleet::HeartbeatReport) -> Result<(), String> {
-            Ok(())
-        }
-    }
-
     /// A client's text frame: masked (with a zero key, which leaves the bytes as they are).
     fn client_text(text: &str) -> Vec<u8> {
         assert!(text.len() < 126);
@@ -946,7 +903,8 @@ mod tests {
     async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall() {
         let (_layer, io) = socketioxide::SocketIo::new_layer();
         let node = vmfleet_core::NodeId::generate();
-        let fleet = Fleet::attach(&io, Arc::new(OneNode(node.clone())), Duration::from_secs(5));
+        let registry = super::super::tests::OneNode(Some(node.clone()));
+        let fleet = Fleet::attach(&io, Arc::new(registry), Duration::from_secs(5));
         let (mut client, server) = tokio::io::duplex(4096);
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_static("Bearer key"));

@@ -101,9 +101,7 @@ pub struct Fleet {
 
 struct Inner {
     registry: Arc<dyn NodeRegistry>,
-    /// Looked up on every event; keys are node ids the control plane issued, so a fast
-    /// hasher is safe.
-    nodes: Mutex<HashMap<NodeId, Conn, foldhash::fast::RandomState>>,
+    nodes: Mutex<HashMap<NodeId, Conn>>,
     /// VM consoles being watched: the node each streams from.
     consoles: Mutex<HashMap<VmId, Watched>>,
     heartbeat_period: Duration,
@@ -302,7 +300,7 @@ impl Fleet {
             io: io.clone(),
             inner: Arc::new(Inner {
                 registry,
-                nodes: Mutex::new(HashMap::default()),
+                nodes: Mutex::new(HashMap::new()),
                 consoles: Mutex::new(HashMap::new()),
                 heartbeat_period,
             }),
@@ -333,9 +331,7 @@ impl Fleet {
         fleet
     }
 
-    fn nodes(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<NodeId, Conn, foldhash::fast::RandomState>> {
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Conn>> {
         self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -695,18 +691,19 @@ mod tests {
     use super::*;
     use vmfleet_wire::fleet::{InstanceStarted, InstanceStopped, VmReport};
 
-    /// Knows no node: enough for a fleet nobody connects to.
-    struct Nobody;
+    /// Knows at most one node, whose host key is `key`: enough for the fleet's own tests.
+    pub(super) struct OneNode(pub(super) Option<NodeId>);
 
     #[async_trait]
-    impl NodeRegistry for Nobody {
-        async fn authenticate(&self, _: &str) -> Option<(NodeId, String)> {
-            None
+    impl NodeRegistry for OneNode {
+        async fn authenticate(&self, key: &str) -> Option<(NodeId, String)> {
+            let node = self.0.clone().filter(|_| key == "key")?;
+            Some((node, "n".to_owned()))
         }
         async fn node_online(&self, _: &NodeId) {}
         async fn node_offline(&self, _: &NodeId) {}
         fn heartbeats(&self, _: &NodeId) -> Arc<dyn HeartbeatSink> {
-            Arc::new(Nobody)
+            Arc::new(OneNode(None))
         }
         async fn instance_started(&self, _: &NodeId, _: &InstanceStarted) -> Result<(), String> {
             Ok(())
@@ -720,7 +717,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl HeartbeatSink for Nobody {
+    impl HeartbeatSink for OneNode {
         async fn heartbeat(&self, _: HeartbeatReport) -> Result<(), String> {
             Ok(())
         }
@@ -729,7 +726,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_fell_behind_starts_over_from_the_scrollback() {
         let (_layer, io) = SocketIo::new_layer();
-        let fleet = Fleet::attach(&io, Arc::new(Nobody), Duration::from_secs(5));
+        let fleet = Fleet::attach(&io, Arc::new(OneNode(None)), Duration::from_secs(5));
         let (node, vm) = (NodeId::generate(), VmId::generate());
         // A watch with room for 2 chunks, opened by hand (no agent to attach).
         let (tx, output) = broadcast::channel(2);

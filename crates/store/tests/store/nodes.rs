@@ -102,7 +102,8 @@ async fn heartbeats_status_and_capacity(db: &TestDb) {
     let metrics =
         serde_json::json!({"cpuUsagePercent": 35.5, "gpuTemp": [60.0, 58.0], "ramTotalMb": 65536});
     let cap = res(16, 65536, 2000, 2);
-    s.record_heartbeat(&n.id, &at, &metrics, Some(cap))
+    let text = |v: &serde_json::Value| serde_json::value::to_raw_value(v).unwrap();
+    s.record_heartbeat(&n.id, &at, &text(&metrics), Some(cap))
         .await
         .unwrap();
     let got = s.get_node(&n.id).await.unwrap();
@@ -113,7 +114,9 @@ async fn heartbeats_status_and_capacity(db: &TestDb) {
     // Without a capacity, the last one stays; metrics are replaced.
     let later = Timestamp::from_unix_millis(1_700_000_005_000);
     let m2 = serde_json::json!({"cpuUsagePercent": 1});
-    s.record_heartbeat(&n.id, &later, &m2, None).await.unwrap();
+    s.record_heartbeat(&n.id, &later, &text(&m2), None)
+        .await
+        .unwrap();
     let got = s.get_node(&n.id).await.unwrap();
     assert_eq!(got.capacity, cap);
     assert_eq!(got.metrics, Some(m2.clone()));
@@ -137,7 +140,7 @@ async fn heartbeats_status_and_capacity(db: &TestDb) {
 
     let ghost = NodeId::generate();
     assert!(matches!(
-        s.record_heartbeat(&ghost, &later, &m2, None).await,
+        s.record_heartbeat(&ghost, &later, &text(&m2), None).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(

@@ -46,7 +46,7 @@ macro_rules! agent_event {
         |text: &str| -> Result<Value, DecodeError> {
             let via_value =
                 AgentEvent::<Heartbeat>::decode($name, &payload(text)?).map(|e| e.payload());
-            // The text decoder (`/fleet`'s direct connections) agrees with it.
+            // The decoder from the payload's text agrees with it.
             let via_text = AgentEvent::<Heartbeat>::decode_json($name, text).map(|e| e.payload());
             assert_eq!(via_value.as_ref().ok(), via_text.as_ref().ok(), "{text}");
             if serde_json::from_str::<Value>(text).is_ok() {
