@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_rust
+# One build from a clean checkout: incremental caches would only take disk (GBs of it).
+export CARGO_INCREMENTAL=0
+echo "== disk free where the build goes: $(df -h --output=avail . | tail -1 | tr -d ' ')"
 # What the test suite drives for real: QEMU guests (TCG), their image build, Docker.
 ensure_packages qemu-system-x86 cpio busybox-static e2fsprogs xz-utils docker.io iproute2 curl
 
