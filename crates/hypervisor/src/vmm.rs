@@ -5,7 +5,8 @@
 //!
 //! Layout under the base directory: `<vm id>/root.disk`, `<vm id>/disk<N>.raw`,
 //! `<vm id>/snapshots/<snapshot id>/`, and whatever sockets the backend puts there; a VM being
-//! received from another node lands in `.import-<vm id>/` (same layout) until it is defined.
+//! received from another node lands in `.import-<vm id>/` (same layout) until it is defined (or,
+//! when the process receiving it dies, until the next process's `recover` removes it).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -473,7 +474,10 @@ fn persist(dir: &Path, st: &InstState) {
 impl Vmm {
     /// Finds the VMs a previous process left under the base directory: a guest whose process
     /// still runs is re-adopted (console, metrics and operations work again, no second boot);
-    /// one whose process died meanwhile is in `error`, saying so.
+    /// one whose process died meanwhile is in `error`, saying so. Files of a migration that a
+    /// previous process was receiving are removed: the import died with that process (the
+    /// control plane rolled the migration back when the node went away), so nothing would
+    /// ever define or delete them.
     pub async fn recover(&self) -> Vec<VmStatus> {
         let Ok(entries) = std::fs::read_dir(&self.base) else {
             return Vec::new();
@@ -481,6 +485,24 @@ impl Vmm {
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let dir = entry.path();
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_prefix(".import-"))
+                .and_then(|id| VmId::new(id).ok())
+            {
+                if !self.imports().contains_key(&id) {
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {
+                            tracing::info!(vm = %id, "removed the files of a migration a previous process did not finish receiving")
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "could not remove an unfinished migration's files")
+                        }
+                    }
+                }
+                continue;
+            }
             let Ok(text) = std::fs::read(dir.join(VM_FILE)) else {
                 continue;
             };
@@ -1531,6 +1553,32 @@ mod tests {
         let e = vmm.import_files(req, manifest).await.unwrap_err();
         assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
         assert!(e.to_string().contains("only QEMU"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn recovery_removes_an_import_left_by_a_previous_process_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("vms");
+        let left = base.join(".import-vm-1").join("snapshots").join(INCOMING);
+        std::fs::create_dir_all(&left).unwrap();
+        std::fs::write(left.join("memory"), b"partial").unwrap();
+        // Not an import of ours: a dot directory that names no VM stays.
+        let other = base.join(".import-");
+        std::fs::create_dir_all(&other).unwrap();
+        let vmm = Vmm::new(
+            Arc::new(crate::firecracker::FirecrackerBackend::new(
+                Default::default(),
+            )),
+            ImageCatalog::open(dir.path().join("images")).unwrap(),
+            base.clone(),
+        )
+        .unwrap();
+        assert!(vmm.recover().await.is_empty());
+        assert!(
+            !base.join(".import-vm-1").exists(),
+            "the stale import stayed"
+        );
+        assert!(other.exists());
     }
 
     #[test]
