@@ -313,6 +313,7 @@ pub fn report(st: &VmStatus) -> VmReport {
         ip_address: st.ip_address,
         uptime_seconds: st.uptime(),
         labels: st.labels.clone(),
+        devices: st.devices.clone(),
     }
 }
 

@@ -774,7 +774,14 @@ fn print_info(v: &VmInfo) {
         ("updated", when(Some(v.updated_at))),
     ]
     .into_iter()
+    .chain(v.node.as_ref().map(|n| ("node", n.to_string())))
+    .chain(v.message.clone().map(|m| ("message", m)))
     .map(|(k, val)| vec![format!("{k}:"), val])
+    .chain(
+        v.devices
+            .iter()
+            .map(|d| vec![format!("device {}:", d.id), d.kind.to_string()]),
+    )
     .collect();
     print_table(&rows);
 }

@@ -2,6 +2,7 @@
 //! node shared with the guest (`/vm/fs/add`), as typed values checked where they enter.
 //!
 //! - [`Device`]: the closed set of devices a request may ask for, tagged by `kind`.
+//! - [`VmDevice`]: a device or share a VM has, as its owner is shown it.
 //! - [`PciAddress`]: a host PCI device, `DDDD:BB:DD.F`.
 //! - [`ShareTag`]: the name the guest mounts a share by (`mount -t 9p TAG DIR`).
 //! - [`SharePath`]: a directory relative to the node's share root: no `..`, not absolute.
@@ -46,6 +47,42 @@ impl Device {
         match self {
             Device::Rng {} => "an entropy device".into(),
             Device::PciPassthrough { address } => format!("PCI device {address}"),
+        }
+    }
+}
+
+/// A device or shared directory a VM has, as its owner sees it (`/vm/info`'s `devices`): the
+/// id `/vm/device/remove` takes, and what it is, flat: `{"id": "dev0", "kind": "rng"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub struct VmDevice {
+    pub id: crate::DeviceId,
+    #[serde(flatten)]
+    pub kind: VmDeviceKind,
+}
+
+/// What a VM's device is. A share shows the tag the guest mounts it by, not where it lives
+/// on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum VmDeviceKind {
+    Rng,
+    PciPassthrough { address: PciAddress },
+    Share { tag: ShareTag, read_only: bool },
+}
+
+impl fmt::Display for VmDeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmDeviceKind::Rng => f.write_str("entropy device"),
+            VmDeviceKind::PciPassthrough { address } => write!(f, "PCI device {address}"),
+            VmDeviceKind::Share { tag, read_only } => write!(
+                f,
+                "shared directory {} ({})",
+                tag.as_str(),
+                if *read_only { "read-only" } else { "writable" }
+            ),
         }
     }
 }
@@ -245,6 +282,32 @@ mod tests {
         let v: PciAddress = serde_json::from_str("\"0000:3b:00.1\"").unwrap();
         assert_eq!(serde_json::to_string(&v).unwrap(), "\"0000:3b:00.1\"");
         assert!(serde_json::from_str::<PciAddress>("\"3b:00.1\"").is_err());
+    }
+
+    #[test]
+    fn a_vm_device_reads_flat_and_round_trips() {
+        for (text, want) in [
+            (r#"{"id":"dev0","kind":"rng"}"#, VmDeviceKind::Rng),
+            (
+                r#"{"id":"dev1","kind":"pci-passthrough","address":"0000:3b:00.1"}"#,
+                VmDeviceKind::PciPassthrough {
+                    address: PciAddress::new("0000:3b:00.1").unwrap(),
+                },
+            ),
+            (
+                r#"{"id":"dev2","kind":"share","tag":"data","read_only":true}"#,
+                VmDeviceKind::Share {
+                    tag: ShareTag::new("data").unwrap(),
+                    read_only: true,
+                },
+            ),
+        ] {
+            let d: VmDevice = serde_json::from_str(text).unwrap();
+            assert_eq!(d.kind, want);
+            assert_eq!(serde_json::to_string(&d).unwrap(), text);
+        }
+        let bad = r#"{"id":"dev0","kind":"share","tag":"a b","read_only":false}"#;
+        assert!(serde_json::from_str::<VmDevice>(bad).is_err());
     }
 
     #[test]

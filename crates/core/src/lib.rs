@@ -12,7 +12,7 @@ mod state;
 mod time;
 
 pub use address::{AddressError, ChecksumAddress, WalletAddress};
-pub use device::{Device, DeviceError, PciAddress, SharePath, ShareTag};
+pub use device::{Device, DeviceError, PciAddress, SharePath, ShareTag, VmDevice, VmDeviceKind};
 pub use ids::{
     ApiTokenId, BuyerId, ContainerId, DeviceId, GpuIndex, IdError, IdErrorReason, ImageName,
     ImageRef, JobId, MigrationId, NodeId, RentalId, RequestId, SnapshotId, VmId, VmName, uuid_v4,

@@ -56,6 +56,26 @@ pub struct AttachedDevice {
     pub device: DeviceSpec,
 }
 
+impl AttachedDevice {
+    /// The device as the VM's owner is shown it (a share's tag, not its path on the node).
+    pub fn view(&self) -> vmfleet_core::VmDevice {
+        let kind = match &self.device {
+            DeviceSpec::Rng => vmfleet_core::VmDeviceKind::Rng,
+            DeviceSpec::PciPassthrough { address } => vmfleet_core::VmDeviceKind::PciPassthrough {
+                address: address.clone(),
+            },
+            DeviceSpec::Share { tag, read_only, .. } => vmfleet_core::VmDeviceKind::Share {
+                tag: tag.clone(),
+                read_only: *read_only,
+            },
+        };
+        vmfleet_core::VmDevice {
+            id: self.id.clone(),
+            kind,
+        }
+    }
+}
+
 /// A device as a backend attaches it: requests already checked against the node's offer,
 /// paths resolved.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -46,6 +46,8 @@ pub struct VmStatus {
     /// The guest's address on its bridge; `None` without vmfleet networking.
     pub ip_address: Option<std::net::IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// Devices and shares added to it, in the order they were added.
+    pub devices: Vec<vmfleet_core::VmDevice>,
 }
 
 impl VmStatus {

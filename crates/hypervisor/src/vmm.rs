@@ -306,6 +306,7 @@ impl Vmm {
             booted_at: st.booted_at,
             ip_address: st.ip.map(std::net::IpAddr::V4),
             labels: st.labels.clone(),
+            devices: st.spec.devices.iter().map(AttachedDevice::view).collect(),
         }
     }
 
@@ -419,6 +420,7 @@ impl Vmm {
                     booted_at: None,
                     ip_address: st.ip.map(std::net::IpAddr::V4),
                     labels: st.labels.clone(),
+                    devices: st.spec.devices.iter().map(AttachedDevice::view).collect(),
                 }
             };
             tracing::info!(vm = %status.id, state = %status.state, "guest process ended");

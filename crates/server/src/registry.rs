@@ -513,6 +513,12 @@ impl NodeRegistry for StoreRegistry {
             self.set_state(&vm, report.state, reason.as_deref(), report.ip_address)
                 .await?;
         }
+        if vm.devices != report.devices {
+            self.store
+                .set_vm_devices(&vm.id, &report.devices)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         if let Some((rental, what)) = confirm {
             self.confirmations.resolve(&rental, node, what);
         }

@@ -163,6 +163,7 @@ pub(crate) fn info(vm: &VmRecord) -> VmInfo {
         updated_at: vm.updated_at.unix_seconds(),
         node: vm.node.clone(),
         message: vm.state_reason.clone(),
+        devices: vm.devices.clone(),
     }
 }
 

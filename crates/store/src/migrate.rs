@@ -39,6 +39,11 @@ const SQLITE: &[Version] = &[
         "migrations",
         include_str!("../migrations/sqlite/0004_migrations.sql"),
     ),
+    (
+        5,
+        "vm_devices",
+        include_str!("../migrations/sqlite/0005_vm_devices.sql"),
+    ),
 ];
 
 const POSTGRES: &[Version] = &[
@@ -61,6 +66,11 @@ const POSTGRES: &[Version] = &[
         4,
         "migrations",
         include_str!("../migrations/postgres/0004_migrations.sql"),
+    ),
+    (
+        5,
+        "vm_devices",
+        include_str!("../migrations/postgres/0005_vm_devices.sql"),
     ),
 ];
 

@@ -190,6 +190,8 @@ pub struct VmRecord {
     /// Its migration ticket, while it has one (expired ones included: see
     /// [`MigrationTicket::expires_at`]).
     pub migration: Option<MigrationTicket>,
+    /// Devices and shares its node reports it has, in the order they were added.
+    pub devices: Vec<vmfleet_core::VmDevice>,
 }
 
 /// Room reserved on another node for a VM that is to move there.

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 use sqlx::any::AnyRow;
 use vmfleet_core::{
-    ContainerId, MigrationId, NodeId, RentalId, Timestamp, VmId, VmName, VmState, WalletAddress,
+    ContainerId, MigrationId, NodeId, RentalId, Timestamp, VmDevice, VmId, VmName, VmState,
+    WalletAddress,
 };
 
 use crate::error::{StoreError, is_foreign_key_violation, is_unique_violation, not_found};
@@ -24,7 +25,7 @@ use crate::{MigrationTicket, NewVm, NodeStatus, Resources, Result, Store, VmReco
 const COLS: &str = "id, kind, owner, name, node_id, spec, vcpus, memory_mib, disk_gib, gpus, \
                     state, state_reason, ip, rental_id, container_id, connection_info, \
                     unknown_since, created_at, updated_at, deleted_at, migration_id, \
-                    migration_node_id, migration_expires_at";
+                    migration_node_id, migration_expires_at, devices";
 
 fn vm(row: &AnyRow) -> Result<VmRecord> {
     Ok(VmRecord {
@@ -56,6 +57,12 @@ fn vm(row: &AnyRow) -> Result<VmRecord> {
                 expires_at,
             }),
             _ => None,
+        },
+        devices: {
+            let s = text(row, "devices")?;
+            serde_json::from_str(&s).map_err(|e| {
+                StoreError::Corrupt(format!("column devices holds no device list: {e}"))
+            })?
         },
     })
 }
@@ -237,6 +244,26 @@ impl Store {
             }
             None => Err(self.refusal_for_deleted(id).await),
         }
+    }
+
+    /// Records the devices and shares a VM's node reports it has, in place of the stored
+    /// list.
+    pub async fn set_vm_devices(&self, id: &VmId, devices: &[VmDevice]) -> Result<()> {
+        let text = serde_json::to_string(devices)
+            .map_err(|e| StoreError::Invalid(format!("a device list that is no JSON: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE vms SET devices = $2, updated_at = $3 WHERE id = $1 AND state <> 'deleted'",
+        )
+        .bind(id.as_str())
+        .bind(text)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(self.refusal_for_deleted(id).await);
+        }
+        self.changed(id);
+        Ok(())
     }
 
     /// Records the workload's current run: its rental (set by the scheduler before it

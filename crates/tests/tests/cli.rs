@@ -313,6 +313,18 @@ async fn the_cli_drives_a_real_guest() {
     let out = cli.ok(&["vm", "stop", "web", "--wait", "-o", "json"]).await;
     let stopped: VmInfo = serde_json::from_str(&out).unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
+    // A device added to the stopped VM shows in its info, by id, until it is removed.
+    let out = cli.ok(&["vm", "device-add", "web", "--rng"]).await;
+    assert!(out.contains("dev0"), "{out}");
+    let table = cli.ok(&["vm", "info", "web"]).await;
+    assert!(
+        table.contains("device dev0:") && table.contains("entropy device"),
+        "{table}"
+    );
+    assert!(table.contains("node:"), "{table}");
+    cli.ok(&["vm", "device-remove", "web", "dev0"]).await;
+    let table = cli.ok(&["vm", "info", "web"]).await;
+    assert!(!table.contains("device dev0"), "{table}");
     cli.ok(&["vm", "delete", "web"]).await;
     let vms: Vec<VmInfo> =
         serde_json::from_str(&cli.ok(&["vm", "list", "-o", "json"]).await).unwrap();

@@ -4,7 +4,7 @@
 //! virtio-9p (read-only and writable), a virtio entropy device, gone again once removed. The
 //! refusals: paths that would leave the share root, a bad tag, a PCI device the node does not
 //! offer, an unknown device id, another owner's VM, unknown fields, and anything while the
-//! guest runs.
+//! guest runs. `/vm/info` lists what the VM has.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vmfleet_auth::siwe::testing::TestWallet;
 use vmfleet_client::{Client, ClientError, WsSession};
-use vmfleet_core::{Device, DeviceId, PciAddress, SharePath, ShareTag, VmId, VmName};
+use vmfleet_core::{
+    Device, DeviceId, PciAddress, SharePath, ShareTag, VmDevice, VmDeviceKind, VmId, VmName,
+};
 use vmfleet_hypervisor::HostDevices;
 use vmfleet_tests::KillOnDrop;
 use vmfleet_wire::api::{
@@ -121,6 +123,11 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
     };
     client.boot_vm(&vm).await.unwrap();
     wait_state(&client, &vm, "running").await;
+    // Without devices, /vm/info has seed 002's shape: no `devices` key.
+    let (_, raw) = api
+        .post("/vm/info", &token, json!({"build_id": id, "owner": me}))
+        .await;
+    assert!(raw.get("devices").is_none(), "{raw}");
 
     let add_rng = AddDeviceRequest {
         build_id: id.clone(),
@@ -279,7 +286,42 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
         .await
         .unwrap();
     assert_eq!(gpu.id.as_str(), "dev3");
+    // The owner sees what the VM has, by id, and not where a share lives on the node.
+    let before = client.vm_info(&vm).await.unwrap();
+    assert_eq!(before.devices.len(), 4, "{before:?}");
     client.remove_device(&remove("dev3")).await.unwrap();
+    let share = |id: &str, tag: &str, read_only| VmDevice {
+        id: DeviceId::new(id).unwrap(),
+        kind: VmDeviceKind::Share {
+            tag: ShareTag::new(tag).unwrap(),
+            read_only,
+        },
+    };
+    let rng_device = VmDevice {
+        id: DeviceId::new("dev2").unwrap(),
+        kind: VmDeviceKind::Rng,
+    };
+    let info = client.vm_info(&vm).await.unwrap();
+    assert_eq!(
+        info.devices,
+        [
+            share("dev0", "data", true),
+            share("dev1", "scratch", false),
+            rng_device
+        ]
+    );
+    let (_, raw) = api
+        .post("/vm/info", &token, json!({"build_id": id, "owner": me}))
+        .await;
+    assert_eq!(
+        raw["devices"][2],
+        json!({"id": "dev2", "kind": "rng"}),
+        "{raw}"
+    );
+    assert!(
+        !raw.to_string().contains(dir.path().to_str().unwrap()),
+        "/vm/info shows the node's paths: {raw}"
+    );
     // The node's own record of the VM keeps them.
     let spec = std::fs::read_to_string(dir.path().join(format!("data/vms/instances/{id}/vm.json")))
         .unwrap();
@@ -336,6 +378,11 @@ async fn devices_and_shares_cold_plugged_into_a_real_guest() {
     client.remove_device(&remove("dev2")).await.unwrap();
     let (status, _) = refused(client.remove_device(&remove("dev2")).await);
     assert_eq!(status, 404);
+    let info = client.vm_info(&vm).await.unwrap();
+    assert_eq!(
+        info.devices,
+        [share("dev0", "data", true), share("dev1", "scratch", false)]
+    );
     client.start_vm(&vm).await.unwrap();
     wait_state(&client, &vm, "running").await;
     let mut console = client.console(&name, None).await.unwrap();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use vmfleet_auth::Permission;
 use vmfleet_core::{
     ApiTokenId, ChecksumAddress, Device, DeviceId, ImageName, MigrationId, NodeId, SharePath,
-    ShareTag, SnapshotId, VmId, VmName, VmResources, VmState, WalletAddress,
+    ShareTag, SnapshotId, VmDevice, VmId, VmName, VmResources, VmState, WalletAddress,
 };
 
 use crate::flag::Success;
@@ -236,6 +236,10 @@ pub struct VmInfo {
     /// Why it is in its state: an error's reason, a migration's progress or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Devices and shares added to it (`/vm/device/add`, `/vm/fs/add`), in the order they
+    /// were added, with the ids `/vm/device/remove` takes; absent when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<VmDevice>,
 }
 
 /// `POST /vm/snapshot`.

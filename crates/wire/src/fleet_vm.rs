@@ -22,7 +22,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vmfleet_core::{
-    Device, DeviceId, ImageName, RequestId, SharePath, ShareTag, SnapshotId, VmId, VmState,
+    Device, DeviceId, ImageName, RequestId, SharePath, ShareTag, SnapshotId, VmDevice, VmId,
+    VmState,
 };
 
 use crate::migration::{FileChunk, MigrationManifest, Sha256, VmFile};
@@ -311,6 +312,9 @@ pub struct VmReport {
     pub uptime_seconds: u64,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Devices and shares added to it (`/vm/device/add`, `/vm/fs/add`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<VmDevice>,
 }
 
 /// A VM's resource usage, read from its hypervisor.

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { jwtClaims, sessionFromToken, siweMessage, toChecksumAddress } from '../auth';
 import { fieldOf } from '../pages/CreateVm';
-import { ApiError, Client } from './client';
+import { ApiError, Client, deviceText } from './client';
 
 function fakeFetch(status: number, body: string, seen: { url?: string; init?: RequestInit } = {}): typeof fetch {
   return (async (url: string, init?: RequestInit) => {
@@ -76,5 +76,14 @@ describe('the create form', () => {
     expect(fieldOf("invalid request body: invalid VM name: character ' ' is not allowed at line 1 column 19")).toBe('name');
     expect(fieldOf('invalid request body: a wallet address has 40 hex digits, not 2 at line 1 column 26')).toBe('owner');
     expect(fieldOf('insufficient resources')).toBeNull();
+  });
+});
+
+describe("a VM's devices", () => {
+  it('are said in words, a share by its tag', () => {
+    expect(deviceText({ id: 'dev0', kind: 'rng' })).toBe('entropy device');
+    expect(deviceText({ id: 'dev1', kind: 'pci-passthrough', address: '0000:3b:00.1' })).toBe('PCI device 0000:3b:00.1');
+    expect(deviceText({ id: 'dev2', kind: 'share', tag: 'data', read_only: true })).toBe('shared directory data (read-only)');
+    expect(deviceText({ id: 'dev3', kind: 'share', tag: 'out', read_only: false })).toBe('shared directory out (writable)');
   });
 });

@@ -11,6 +11,7 @@ export type HostMetrics = Schemas['HostMetrics'];
 export type CreateVmRequest = Schemas['CreateVmRequest'];
 export type LoginResponse = Schemas['LoginResponse'];
 export type ErrorBody = Schemas['ErrorBody'];
+export type VmDevice = Schemas['VmDevice'];
 
 /** The JSON body a route's operation takes, where it takes one. */
 type BodyOf<Op> = Op extends { requestBody: { content: { 'application/json': infer B } } }
@@ -176,6 +177,18 @@ export class Client {
 }
 
 /** A readable sentence for anything thrown. */
+/** A VM's device or share in words (as `vmfleet vm info` says it). */
+export function deviceText(d: VmDevice): string {
+  switch (d.kind) {
+    case 'rng':
+      return 'entropy device';
+    case 'pci-passthrough':
+      return `PCI device ${d.address}`;
+    case 'share':
+      return `shared directory ${d.tag} (${d.read_only ? 'read-only' : 'writable'})`;
+  }
+}
+
 export function describe(e: unknown): string {
   if (e instanceof Error) return e.message;
   return String(e);

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useState } from 'react';
-import { describe, type VmInfo } from '../api/client';
+import { describe, deviceText, type VmInfo } from '../api/client';
 import type { CommandAction, StatusData } from '../api/ws';
 import { Card, ConnectionDot, ErrorBanner, StateBadge, formatBytes } from '../components/common';
 import { VMConsole } from '../components/VMConsole';
@@ -223,6 +223,12 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
           </dd>
           <dt>Address</dt>
           <dd>{vm.ip_address ?? '—'}</dd>
+          {vm.devices && vm.devices.length > 0 && (
+            <>
+              <dt>Devices</dt>
+              <dd>{vm.devices.map((d) => `${d.id}: ${deviceText(d)}`).join(', ')}</dd>
+            </>
+          )}
           <dt>Uptime</dt>
           <dd>{uptime(monitor.status, now)}</dd>
         </dl>

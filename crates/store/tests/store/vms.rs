@@ -1,6 +1,6 @@
 use std::net::IpAddr;
 
-use vmfleet_core::{VmId, VmName, VmState};
+use vmfleet_core::{DeviceId, PciAddress, ShareTag, VmDevice, VmDeviceKind, VmId, VmName, VmState};
 use vmfleet_store::{StoreError, WorkloadKind};
 
 use crate::common::{TestDb, new_vm, on_both_backends, online_node, res, user, wallet};
@@ -10,7 +10,53 @@ on_both_backends!(
     vm_states_addresses_and_soft_delete,
     assign_node_records_facts,
     vms_are_counted_by_state,
+    a_vms_devices_are_kept_as_its_node_reports_them,
 );
+
+async fn a_vms_devices_are_kept_as_its_node_reports_them(db: &TestDb) {
+    let s = &db.store;
+    let a = user(s, 1).await;
+    let vm = s
+        .insert_vm(&new_vm(a, "dev", res(1, 64, 1, 0)))
+        .await
+        .unwrap();
+    assert!(vm.devices.is_empty());
+    let devices = vec![
+        VmDevice {
+            id: DeviceId::new("dev0").unwrap(),
+            kind: VmDeviceKind::Share {
+                tag: ShareTag::new("data").unwrap(),
+                read_only: true,
+            },
+        },
+        VmDevice {
+            id: DeviceId::new("dev1").unwrap(),
+            kind: VmDeviceKind::PciPassthrough {
+                address: PciAddress::new("0000:3b:00.1").unwrap(),
+            },
+        },
+    ];
+    s.set_vm_devices(&vm.id, &devices).await.unwrap();
+    let v = s.get_vm(&vm.id).await.unwrap();
+    assert_eq!(v.devices, devices);
+    assert!(v.updated_at.unix_millis() >= vm.updated_at.unix_millis());
+    // A state change leaves them alone; a later report replaces them.
+    let v = s
+        .update_vm_state(&vm.id, VmState::Stopped, None, None)
+        .await
+        .unwrap();
+    assert_eq!(v.devices, devices);
+    s.set_vm_devices(&vm.id, &devices[1..]).await.unwrap();
+    assert_eq!(s.list_vms(Some(&a)).await.unwrap()[0].devices, devices[1..]);
+    s.delete_vm(&vm.id).await.unwrap();
+    let e = s.set_vm_devices(&vm.id, &[]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let e = s
+        .set_vm_devices(&VmId::new("vm-missing").unwrap(), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+}
 
 async fn vms_are_counted_by_state(db: &TestDb) {
     let s = &db.store;
