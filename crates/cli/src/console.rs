@@ -73,11 +73,13 @@ pub enum Ended {
     Closed,
     /// Stdin ended (not a terminal).
     InputEnded,
-    /// SIGTERM, SIGHUP or SIGINT.
-    Signal,
+    /// SIGTERM, SIGHUP or SIGINT: its number (the same on every Unix: XSI fixes them).
+    Signal(u8),
 }
 
-/// Copies the console to stdout and stdin to the console until one of [`Ended`]'s reasons.
+/// Copies the console to stdout and stdin to the console until one of [`Ended`]'s reasons;
+/// a signal is returned as [`CliError::Interrupted`] (exit code 128 plus its number, as
+/// shells expect).
 /// The scrollback arrives first, as the server sends it.
 pub async fn attach(mut session: WsSession, name: &str) -> Result<Ended, CliError> {
     let raw = RawMode::enable()?;
@@ -159,9 +161,9 @@ pub async fn attach(mut session: WsSession, name: &str) -> Result<Ended, CliErro
                     break Ended::InputEnded;
                 }
             },
-            _ = term.recv() => break Ended::Signal,
-            _ = hup.recv() => break Ended::Signal,
-            _ = int.recv() => break Ended::Signal,
+            _ = term.recv() => break Ended::Signal(15),
+            _ = hup.recv() => break Ended::Signal(1),
+            _ = int.recv() => break Ended::Signal(2),
         }
     };
     drop(raw);
@@ -169,7 +171,15 @@ pub async fn attach(mut session: WsSession, name: &str) -> Result<Ended, CliErro
         Ended::Detached => "detached",
         Ended::Closed => "the console closed",
         Ended::InputEnded => "input ended",
-        Ended::Signal => "interrupted",
+        Ended::Signal(signal) => {
+            session.close().await;
+            // Said by whoever prints the error, on a line of its own.
+            eprintln!();
+            return Err(CliError::Interrupted {
+                what: format!("{name}'s console"),
+                signal,
+            });
+        }
     };
     eprintln!("\nvmfleet: {why} from {name}'s console");
     session.close().await;

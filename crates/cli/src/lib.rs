@@ -205,14 +205,19 @@ pub enum CliError {
     },
     #[error("the terminal cannot be used")]
     Terminal(#[source] std::io::Error),
+    /// Ended by a signal (exit code 128 plus its number).
+    #[error("{what}: interrupted by signal {signal}")]
+    Interrupted { what: String, signal: u8 },
 }
 
 impl CliError {
-    /// The process's exit code for this error: 2 for a usage error, 1 for the rest (the API
-    /// refused, the VM failed, the server is unreachable).
+    /// The process's exit code for this error: 2 for a usage error, 128 plus the signal's
+    /// number for a signal, 1 for the rest (the API refused, the VM failed, the server is
+    /// unreachable).
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Interrupted { signal, .. } => 128u8.saturating_add(*signal),
             _ => 1,
         }
     }

@@ -468,12 +468,13 @@ impl Attached {
     }
 
     /// Waits for the CLI to exit with 0 and checks the terminal is as it was.
-    async fn ends_restored(mut self) {
+    /// Waits for the session to end with exit code `code`, the terminal restored.
+    async fn ends_restored(mut self, code: i32) {
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("the console session ends")
             .unwrap();
-        assert_eq!(status.code(), Some(0), "{}", self.text());
+        assert_eq!(status.code(), Some(code), "{}", self.text());
         let after = tcgetattr(&self.slave).unwrap();
         assert_eq!(
             after.local_modes, self.before.local_modes,
@@ -487,7 +488,7 @@ impl Attached {
 
 /// The console on a pseudo-terminal: raw mode while attached, a command typed and its answer
 /// read back, Ctrl-] detaches with exit code 0, and the terminal is restored; SIGTERM ends a
-/// session with the terminal restored too. With stdin a pipe, the console takes the piped
+/// session with exit code 143, the terminal restored too. With stdin a pipe, the console takes the piped
 /// lines and prints the guest's answer.
 async fn console_through_a_pty(cli: &Cli) {
     let mut a = Attached::start(cli).await;
@@ -506,7 +507,7 @@ async fn console_through_a_pty(cli: &Cli) {
     }
     assert!(answered, "the guest never answered: {}", a.text());
     a.keys.write_all(&[0x1d]).unwrap();
-    a.ends_restored().await;
+    a.ends_restored(0).await;
 
     // Attached again: the scrollback comes first, and SIGTERM ends it cleanly.
     let mut b = Attached::start(cli).await;
@@ -522,7 +523,8 @@ async fn console_through_a_pty(cli: &Cli) {
         .status()
         .unwrap();
     assert!(killed.success());
-    b.ends_restored().await;
+    // As shells expect of a program a signal ended: 128 + 15.
+    b.ends_restored(143).await;
 
     let mut piped = false;
     for _ in 0..3 {
