@@ -446,10 +446,9 @@ impl Vmm {
         Ok(())
     }
 
+    /// A disk copied, sparse: holes and zero runs take no space in the copy.
     fn copy(from: &Path, to: &Path) -> Result<(), HypervisorError> {
-        std::fs::copy(from, to)
-            .map(drop)
-            .map_err(HypervisorError::io(to))
+        crate::transfer::sparse_copy(from, to).map(drop)
     }
 }
 
