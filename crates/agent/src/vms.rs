@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 use vmfleet_core::{RequestId, VmId, VmResources};
-use vmfleet_hypervisor::{CreateVm, ErrorClass, Hypervisor, HypervisorError, VmStatus};
+use vmfleet_hypervisor::{
+    CreateVm, ErrorClass, Hypervisor, HypervisorError, SnapshotInfo, VmStatus,
+};
+use vmfleet_wire::api::SnapshotView;
 use vmfleet_wire::fleet::{
     CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, VmMetrics, VmOperation, VmReport,
 };
@@ -130,6 +133,21 @@ impl VmService {
                 }
             }
             VmOperation::Restore { snapshot_id } => vmm.restore(id, snapshot_id).await,
+            VmOperation::ListSnapshots => {
+                return match vmm.snapshots(id).await {
+                    Ok(found) => VmCommandReply {
+                        snapshots: Some(found.iter().map(snapshot_view).collect()),
+                        ..VmCommandReply::done(None)
+                    },
+                    Err(e) => refusal(&e),
+                };
+            }
+            VmOperation::DeleteSnapshot { snapshot_id } => {
+                match vmm.delete_snapshot(id, snapshot_id).await {
+                    Ok(()) => vmm.status(id).await,
+                    Err(e) => Err(e),
+                }
+            }
             VmOperation::ResizeVcpu { vcpu_count } => vmm.resize_vcpus(id, *vcpu_count).await,
             VmOperation::ResizeMemory { mem_size_mib } => {
                 vmm.resize_memory(id, *mem_size_mib).await
@@ -297,6 +315,19 @@ fn create_vm(cmd: &VmCommand, spec: &CreateVmSpec) -> CreateVm {
         rootfs: spec.rootfs.clone(),
         boot_args: spec.boot_args.clone(),
         labels: spec.labels.clone(),
+    }
+}
+
+/// A snapshot as the REST API shows it.
+fn snapshot_view(s: &SnapshotInfo) -> SnapshotView {
+    let created_at = s
+        .taken_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    SnapshotView {
+        snapshot_id: s.id.clone(),
+        created_at,
+        size_bytes: s.bytes,
     }
 }
 

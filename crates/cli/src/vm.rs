@@ -9,9 +9,9 @@ use vmfleet_client::ClientError;
 use vmfleet_core::{ImageName, SnapshotId, VmName, VmState, WalletAddress};
 use vmfleet_wire::api::{
     ActionResponse, AddDeviceRequest, AddDeviceResponse, AddFsRequest, CreateVmRequest,
-    DEFAULT_KERNEL, DEFAULT_ROOTFS, ListVmsRequest, MigrateFromRequest, MigrateToRequest,
-    RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest,
-    StopVmRequest, VmConfig, VmInfo, VmRef,
+    DEFAULT_KERNEL, DEFAULT_ROOTFS, DeleteSnapshotRequest, ListVmsRequest, MigrateFromRequest,
+    MigrateToRequest, RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest,
+    SnapshotRequest, StopVmRequest, VmConfig, VmInfo, VmRef,
 };
 use vmfleet_wire::ws::{CommandAction, MetricsData, StatusData, WsBody, WsMessage};
 
@@ -114,6 +114,10 @@ pub enum VmCommand {
         #[arg(long)]
         id: Option<SnapshotId>,
     },
+    /// Lists a VM's snapshots, oldest first.
+    Snapshots { vm: String },
+    /// Deletes one of a VM's snapshots (its files on the node).
+    SnapshotDelete { vm: String, snapshot: SnapshotId },
     /// Restores a VM from one of its snapshots.
     Restore {
         vm: String,
@@ -402,6 +406,39 @@ pub async fn run(
             match s.output {
                 Output::Json => print_json(&r),
                 Output::Table => say!("snapshot {}: {}", r.snapshot_id, r.message),
+            }
+            return Ok(());
+        }
+        VmCommand::Snapshots { vm } => {
+            let v = resolve(s, vm, owner).await?;
+            let found = s.client.list_snapshots(&vm_ref(&v)).await?;
+            match s.output {
+                Output::Json => print_json(&found),
+                Output::Table => {
+                    let mut rows = vec![["SNAPSHOT", "CREATED", "SIZE"].map(String::from).to_vec()];
+                    rows.extend(found.iter().map(|snap| {
+                        vec![
+                            snap.snapshot_id.to_string(),
+                            when(Some(snap.created_at)),
+                            format!("{:.1} MiB", snap.size_bytes as f64 / (1024.0 * 1024.0)),
+                        ]
+                    }));
+                    print_table(&rows);
+                }
+            }
+            return Ok(());
+        }
+        VmCommand::SnapshotDelete { vm, snapshot } => {
+            let v = resolve(s, vm, owner).await?;
+            let req = DeleteSnapshotRequest {
+                build_id: v.build_id.clone(),
+                owner: v.owner,
+                snapshot_id: snapshot.clone(),
+            };
+            let r = s.client.delete_snapshot(&req).await?;
+            match s.output {
+                Output::Json => print_json(&r),
+                Output::Table => say!("{}", r.message),
             }
             return Ok(());
         }

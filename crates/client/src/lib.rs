@@ -16,11 +16,11 @@ use vmfleet_core::{NodeId, RequestId, Timestamp, VmName, WalletAddress};
 use vmfleet_wire::DecodeError;
 use vmfleet_wire::api::{
     ActionResponse, AddDeviceRequest, AddDeviceResponse, AddFsRequest, CreateNodeRequest,
-    CreateNodeResponse, CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest,
-    LoginRequest, LoginResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse,
-    MigrationTicket, NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest,
-    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
-    StopVmRequest, VmInfo, VmRef,
+    CreateNodeResponse, CreateVmRequest, CreateVmResponse, DeleteSnapshotRequest, ErrorBody,
+    Health, ListVmsRequest, LoginRequest, LoginResponse, MigrateFromRequest, MigrateToRequest,
+    MigrateToResponse, MigrationTicket, NodeView, NonceResponse, PingRequest, PingResponse,
+    RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest,
+    SnapshotResponse, SnapshotView, StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::decode_body;
 use vmfleet_wire::ws::{
@@ -209,6 +209,19 @@ impl Client {
         req: &SnapshotRequest,
     ) -> Result<SnapshotResponse, ClientError> {
         self.post("/vm/snapshot", req).await
+    }
+
+    /// `POST /vm/snapshot/list`: the VM's snapshots, oldest first.
+    pub async fn list_snapshots(&self, vm: &VmRef) -> Result<Vec<SnapshotView>, ClientError> {
+        self.post("/vm/snapshot/list", vm).await
+    }
+
+    /// `POST /vm/snapshot/delete`.
+    pub async fn delete_snapshot(
+        &self,
+        req: &DeleteSnapshotRequest,
+    ) -> Result<ActionResponse, ClientError> {
+        self.post("/vm/snapshot/delete", req).await
     }
 
     /// `POST /vm/restore`.

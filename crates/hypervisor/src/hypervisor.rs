@@ -60,6 +60,17 @@ impl VmStatus {
     }
 }
 
+/// A snapshot a VM has on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    /// When it was taken.
+    pub taken_at: SystemTime,
+    /// The disk space its files take (allocated blocks: sparse disk copies count what they
+    /// hold).
+    pub bytes: u64,
+}
+
 /// Every operation on a VM. Each checks the VM state machine first
 /// ([`vmfleet_core::VmState::begin`]) and refuses the wrong state with
 /// [`HypervisorError::InvalidState`]. Optional capabilities default to `Unsupported`.
@@ -98,6 +109,18 @@ pub trait Hypervisor: Send + Sync {
     async fn restore(&self, id: &VmId, snap: &SnapshotId) -> Result<VmStatus, HypervisorError> {
         let _ = (id, snap);
         Err(self.unsupported("restore"))
+    }
+
+    /// The VM's snapshots, oldest first.
+    async fn snapshots(&self, id: &VmId) -> Result<Vec<SnapshotInfo>, HypervisorError> {
+        let _ = id;
+        Err(self.unsupported("list snapshots"))
+    }
+
+    /// Removes a snapshot and its files, whatever the VM's state.
+    async fn delete_snapshot(&self, id: &VmId, snap: &SnapshotId) -> Result<(), HypervisorError> {
+        let _ = (id, snap);
+        Err(self.unsupported("delete a snapshot"))
     }
 
     async fn resize_vcpus(&self, id: &VmId, vcpus: u32) -> Result<VmStatus, HypervisorError> {

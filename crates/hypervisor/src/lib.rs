@@ -34,5 +34,5 @@ pub use docker::{
 };
 pub use error::{ErrorClass, HypervisorError};
 pub use firecracker::{FirecrackerBackend, FirecrackerConfig, FirecrackerGuest};
-pub use hypervisor::{CreateVm, Hypervisor, VmStatus};
+pub use hypervisor::{CreateVm, Hypervisor, SnapshotInfo, VmStatus};
 pub use vmm::{DEFAULT_BOOT_ARGS, DEFAULT_STOP_TIMEOUT, Vmm};

@@ -31,7 +31,7 @@ use crate::backend::{SnapshotPaths, VmSpec};
 use crate::catalog::{CatalogError, ImageCatalog};
 use crate::console::Console;
 use crate::devices::HostDevices;
-use crate::hypervisor::{CreateVm, Hypervisor, VmStatus};
+use crate::hypervisor::{CreateVm, Hypervisor, SnapshotInfo, VmStatus};
 use crate::net::{NetConfig, mac_for, tap_for};
 
 /// The kernel command line when the request gives none.
@@ -470,6 +470,20 @@ fn persist(dir: &Path, st: &InstState) {
     if let Err(e) = done {
         tracing::error!(dir = %dir.display(), error = %e, "cannot record a VM's state");
     }
+}
+
+/// The disk space the files directly in `dir` take (allocated blocks, so that a sparse disk
+/// copy counts what it holds); what cannot be read counts nothing.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks().saturating_mul(512))
+        .sum()
 }
 
 impl Vmm {
@@ -1083,6 +1097,63 @@ impl Hypervisor for Vmm {
         }
         self.set_state(&inst, t.during, None);
         self.launch(&inst, Launch::Restore(paths)).await
+    }
+
+    async fn snapshots(&self, id: &VmId) -> Result<Vec<SnapshotInfo>, HypervisorError> {
+        let inst = self.get(id)?;
+        // A migration's snapshot is the migration's, not the owner's.
+        let exporting = inst.st().export.as_ref().map(|e| e.snap.clone());
+        let root = self.dir(id).join("snapshots");
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(HypervisorError::io(&root)(e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let Some(snap) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| SnapshotId::new(name).ok())
+            else {
+                continue;
+            };
+            if exporting.as_ref() == Some(&snap) {
+                continue;
+            }
+            let paths = SnapshotPaths { dir: entry.path() };
+            // Its guest state is written first: without it the snapshot is being taken (or
+            // its taking failed and is being cleaned up).
+            let Ok(state) =
+                std::fs::metadata(paths.state()).or_else(|_| std::fs::metadata(paths.memory()))
+            else {
+                continue;
+            };
+            found.push(SnapshotInfo {
+                id: snap,
+                taken_at: state.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                bytes: allocated_bytes(&paths.dir),
+            });
+        }
+        found.sort_by(|a, b| (a.taken_at, &a.id).cmp(&(b.taken_at, &b.id)));
+        Ok(found)
+    }
+
+    async fn delete_snapshot(&self, id: &VmId, snap: &SnapshotId) -> Result<(), HypervisorError> {
+        let (inst, _op) = self.lock(id)?;
+        if inst.st().export.as_ref().is_some_and(|e| &e.snap == snap) {
+            return Err(HypervisorError::Busy(id.clone()));
+        }
+        let dir = self.dir(id).join("snapshots").join(snap.as_str());
+        if !dir.is_dir() {
+            return Err(HypervisorError::NoSnapshot {
+                vm: id.clone(),
+                snapshot: snap.to_string(),
+            });
+        }
+        std::fs::remove_dir_all(&dir).map_err(HypervisorError::io(&dir))?;
+        tracing::info!(vm = %id, snapshot = %snap, "snapshot deleted");
+        Ok(())
     }
 
     async fn resize_vcpus(&self, id: &VmId, vcpus: u32) -> Result<VmStatus, HypervisorError> {

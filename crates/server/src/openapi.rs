@@ -15,11 +15,11 @@ use vmfleet_wire::api::{
     ActionResponse, AddDeviceRequest, AddDeviceResponse, AddDiskRequest, AddFsRequest,
     ApiTokenQuery, ApiTokenView, CommitRequest, CommitResponse, CoredumpResponse,
     CreateApiTokenRequest, CreateApiTokenResponse, CreateNodeRequest, CreateNodeResponse,
-    CreateVmRequest, CreateVmResponse, ErrorBody, Health, ListVmsRequest, LoginRequest,
-    LoginResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse, MigrationTicket,
-    NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest, ResizeMemoryRequest,
-    ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo,
-    VmRef,
+    CreateVmRequest, CreateVmResponse, DeleteSnapshotRequest, ErrorBody, Health, ListVmsRequest,
+    LoginRequest, LoginResponse, MigrateFromRequest, MigrateToRequest, MigrateToResponse,
+    MigrationTicket, NodeView, NonceResponse, PingRequest, PingResponse, RemoveDeviceRequest,
+    ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse,
+    SnapshotView, StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::containers::{ContainerView, CreateContainerRequest, UsageQuery, UsageView};
 
@@ -253,6 +253,18 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .body(schema::<SnapshotRequest>)
         .ok(200, schema::<SnapshotResponse>)
         .errors(VM_ERRORS),
+    op(POST, "/vm/snapshot/list", "A VM's snapshots, oldest first")
+        .body(schema::<VmRef>)
+        .ok(200, schema::<Vec<SnapshotView>>)
+        .errors(VM_ERRORS),
+    op(
+        POST,
+        "/vm/snapshot/delete",
+        "Delete a VM's snapshot and its files on its node",
+    )
+    .body(schema::<DeleteSnapshotRequest>)
+    .ok(200, schema::<ActionResponse>)
+    .errors(VM_ERRORS),
     op(POST, "/vm/restore", "Restore a VM from a snapshot")
         .body(schema::<RestoreRequest>)
         .ok(200, schema::<ActionResponse>)

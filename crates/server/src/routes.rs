@@ -36,6 +36,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/vm/info", post(crate::vms::info_of))
         .route("/vm/list", post(crate::vms::list))
         .route("/vm/snapshot", post(crate::vms::snapshot))
+        .route("/vm/snapshot/list", post(crate::vms::list_snapshots))
+        .route("/vm/snapshot/delete", post(crate::vms::delete_snapshot))
         .route("/vm/restore", post(crate::vms::restore))
         .route("/vm/resize/vcpu", post(crate::vms::resize_vcpu))
         .route("/vm/resize/memory", post(crate::vms::resize_memory))

@@ -33,8 +33,9 @@ use vmfleet_wire::Success;
 use vmfleet_wire::api::{
     ActionResponse, AddDeviceRequest, AddDeviceResponse, AddDiskRequest, AddFsRequest,
     CommitRequest, CommitResponse, CoredumpResponse, CreateVmRequest, CreateVmResponse,
-    ListVmsRequest, RemoveDeviceRequest, ResizeMemoryRequest, ResizeVcpuRequest, RestoreRequest,
-    SnapshotRequest, SnapshotResponse, StopVmRequest, VmInfo, VmRef,
+    DeleteSnapshotRequest, ListVmsRequest, RemoveDeviceRequest, ResizeMemoryRequest,
+    ResizeVcpuRequest, RestoreRequest, SnapshotRequest, SnapshotResponse, SnapshotView,
+    StopVmRequest, VmInfo, VmRef,
 };
 use vmfleet_wire::fleet::{CreateVmSpec, VmCommand, VmCommandReply, VmErrorCode, VmOperation};
 
@@ -680,6 +681,53 @@ pub(crate) async fn snapshot(
         snapshot_id,
         message: "snapshot taken".into(),
     }))
+}
+
+/// `POST /vm/snapshot/list`: the VM's snapshots, as its node has them, oldest first (none
+/// for a VM that never ran on a node).
+pub(crate) async fn list_snapshots(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<VmRef>,
+) -> Result<Json<Vec<SnapshotView>>, ApiError> {
+    authorize(&token, &req.owner, Permission::Read)?;
+    let vm = owned(store(&state)?, &req.build_id, &req.owner).await?;
+    let Some(node) = vm.node.as_ref() else {
+        return Ok(Json(Vec::new()));
+    };
+    let cmd = VmCommand {
+        request_id: RequestId::generate(),
+        vm_id: vm.id.clone(),
+        op: VmOperation::ListSnapshots,
+    };
+    match fleet(&state)?.vm_command(node, cmd, NODE_TIMEOUT).await {
+        Ok(reply) if reply.success => Ok(Json(reply.snapshots.unwrap_or_default())),
+        Ok(reply) => Err(refusal(&reply)),
+        Err(e) => Err(fleet_error(e)),
+    }
+}
+
+/// `POST /vm/snapshot/delete`: a snapshot of the VM and its files removed from its node, in
+/// any state of the VM (404 for a snapshot it does not have).
+pub(crate) async fn delete_snapshot(
+    State(state): State<AppState>,
+    Caller(token): Caller,
+    Body(req): Body<DeleteSnapshotRequest>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let message = format!("snapshot {} deleted", req.snapshot_id);
+    let op = VmOperation::DeleteSnapshot {
+        snapshot_id: req.snapshot_id,
+    };
+    on_node(
+        &state,
+        &token,
+        &req.build_id,
+        &req.owner,
+        "vm.delete_snapshot",
+        op,
+    )
+    .await?;
+    Ok(Json(ActionResponse::new(message)))
 }
 
 /// `POST /vm/restore`: the VM brought back to a snapshot of its own.

@@ -186,6 +186,25 @@ async fn the_cli_drives_a_real_guest() {
     let e = cli.fails(&["vm", "suspend", "web"], 1).await;
     assert!(!e.trim().is_empty());
     cli.ok(&["vm", "resume", "web", "--wait"]).await;
+    // Snapshots: taken, listed with their size, deleted.
+    cli.ok(&["vm", "snapshot", "web", "--id", "before-upgrade"])
+        .await;
+    let table = cli.ok(&["vm", "snapshots", "web"]).await;
+    assert!(
+        table.starts_with("SNAPSHOT") && table.contains("before-upgrade") && table.contains("MiB"),
+        "{table}"
+    );
+    let out = cli
+        .ok(&["vm", "snapshot-delete", "web", "before-upgrade"])
+        .await;
+    assert!(out.contains("deleted"), "{out}");
+    let left: Vec<serde_json::Value> =
+        serde_json::from_str(&cli.ok(&["vm", "snapshots", "web", "-o", "json"]).await).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let e = cli
+        .fails(&["vm", "snapshot-delete", "web", "before-upgrade"], 1)
+        .await;
+    assert!(e.contains("no snapshot before-upgrade"), "{e}");
     // Migrate: this fleet has one node, so there is nowhere to go, and the CLI says why.
     let e = cli.fails(&["vm", "migrate", "web"], 1).await;
     assert!(e.contains("no other ONLINE node has room"), "{e}");

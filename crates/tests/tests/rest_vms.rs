@@ -215,6 +215,42 @@ async fn the_vm_api_drives_real_guests() {
     let (status, body) = api.post("/vm/restore", &token, restore).await;
     assert_eq!(status, 200, "{body}");
     wait_state(&api, &token, &mine, &me, "running").await;
+    // The owner lists the snapshot (with what it takes on the node) and deletes it; nobody
+    // else sees it.
+    let (status, list) = api.post("/vm/snapshot/list", &token, vm.clone()).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["snapshot_id"], json!(snapshot_id), "{list}");
+    assert!(list[0]["size_bytes"].as_u64().unwrap() > 1 << 20, "{list}");
+    let age = vmfleet_core::Timestamp::now().unix_millis() / 1000
+        - list[0]["created_at"].as_i64().unwrap();
+    assert!((0..600).contains(&age), "taken {age} s ago: {list}");
+    let theirs = json!({"build_id": mine, "owner": thief.address().to_string()});
+    let (status, _) = api
+        .post("/vm/snapshot/list", &thief_token, theirs.clone())
+        .await;
+    assert_eq!(status, 404);
+    let mut stolen = theirs;
+    stolen["snapshot_id"] = json!(snapshot_id);
+    let (status, _) = api.post("/vm/snapshot/delete", &thief_token, stolen).await;
+    assert_eq!(status, 404);
+    let snap_dir = dir
+        .path()
+        .join(format!("data/vms/instances/{mine}/snapshots/{snapshot_id}"));
+    assert!(snap_dir.is_dir(), "{snap_dir:?}");
+    let delete = json!({"build_id": mine, "owner": me, "snapshot_id": snapshot_id});
+    let (status, body) = api
+        .post("/vm/snapshot/delete", &token, delete.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!snap_dir.exists(), "{snap_dir:?} stayed");
+    let (status, body) = api.post("/vm/snapshot/delete", &token, delete).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, list) = api.post("/vm/snapshot/list", &token, vm.clone()).await;
+    assert_eq!((status, list), (200, json!([])));
+    let bad = json!({"build_id": mine, "owner": me, "snapshot_id": "../x"});
+    let (status, body) = api.post("/vm/snapshot/delete", &token, bad).await;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = api.post("/vm/stop", &token, force.clone()).await;
     assert_eq!(status, 200, "{body}");
     wait_state(&api, &token, &mine, &me, "stopped").await;

@@ -302,6 +302,29 @@ pub struct RestoreRequest {
     pub snapshot_id: SnapshotId,
 }
 
+/// A snapshot of a VM, as `/vm/snapshot/list` shows it (the answer is an array of them,
+/// oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotView {
+    pub snapshot_id: SnapshotId,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// What it takes on its node's disk (memory, device state, copies of the disks).
+    pub size_bytes: u64,
+}
+
+/// `POST /vm/snapshot/delete`: the snapshot's files removed from the VM's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeleteSnapshotRequest {
+    pub build_id: VmId,
+    pub owner: WalletAddress,
+    pub snapshot_id: SnapshotId,
+}
+
 /// `POST /vm/resize/vcpu`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]

@@ -26,6 +26,7 @@ use vmfleet_core::{
     VmState,
 };
 
+use crate::api::SnapshotView;
 use crate::migration::{FileChunk, MigrationManifest, Sha256, VmFile};
 
 /// `vm_command`: run one operation on a VM of this node.
@@ -64,6 +65,12 @@ pub enum VmOperation {
         snapshot_id: SnapshotId,
     },
     Restore {
+        snapshot_id: SnapshotId,
+    },
+    /// Answers with the VM's snapshots (`snapshots` of the reply), oldest first.
+    ListSnapshots,
+    /// Removes snapshot `snapshot_id` and its files.
+    DeleteSnapshot {
         snapshot_id: SnapshotId,
     },
     ResizeVcpu {
@@ -174,6 +181,8 @@ impl VmOperation {
             VmOperation::Resume => "resume",
             VmOperation::Snapshot { .. } => "snapshot",
             VmOperation::Restore { .. } => "restore",
+            VmOperation::ListSnapshots => "list_snapshots",
+            VmOperation::DeleteSnapshot { .. } => "delete_snapshot",
             VmOperation::ResizeVcpu { .. } => "resize_vcpu",
             VmOperation::ResizeMemory { .. } => "resize_memory",
             VmOperation::AddDisk { .. } => "add_disk",
@@ -242,6 +251,9 @@ pub struct VmCommandReply {
     /// For `read_chunk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<FileChunk>,
+    /// For `list_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<SnapshotView>>,
 }
 
 impl VmCommandReply {
@@ -255,6 +267,7 @@ impl VmCommandReply {
             artifact: None,
             manifest: None,
             chunk: None,
+            snapshots: None,
         }
     }
 
@@ -268,6 +281,7 @@ impl VmCommandReply {
             artifact: None,
             manifest: None,
             chunk: None,
+            snapshots: None,
         }
     }
 }

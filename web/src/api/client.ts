@@ -12,6 +12,7 @@ export type CreateVmRequest = Schemas['CreateVmRequest'];
 export type LoginResponse = Schemas['LoginResponse'];
 export type ErrorBody = Schemas['ErrorBody'];
 export type VmDevice = Schemas['VmDevice'];
+export type SnapshotView = Schemas['SnapshotView'];
 
 /** The JSON body a route's operation takes, where it takes one. */
 type BodyOf<Op> = Op extends { requestBody: { content: { 'application/json': infer B } } }
@@ -158,6 +159,12 @@ export class Client {
   }
   snapshot(build_id: string, owner: string) {
     return this.post('/vm/snapshot', { build_id, owner });
+  }
+  snapshots(build_id: string, owner: string) {
+    return this.post('/vm/snapshot/list', { build_id, owner });
+  }
+  deleteSnapshot(build_id: string, owner: string, snapshot_id: string) {
+    return this.post('/vm/snapshot/delete', { build_id, owner, snapshot_id });
   }
   restore(build_id: string, owner: string, snapshot_id: string) {
     return this.post('/vm/restore', { build_id, owner, snapshot_id });

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useState } from 'react';
-import { describe, deviceText, type VmInfo } from '../api/client';
+import { describe, deviceText, type SnapshotView, type VmInfo } from '../api/client';
 import type { CommandAction, StatusData } from '../api/ws';
 import { Card, ConnectionDot, ErrorBanner, StateBadge, formatBytes } from '../components/common';
 import { VMConsole } from '../components/VMConsole';
@@ -24,10 +24,6 @@ function uptime(status: StatusData | null, now: number): string {
   return s < 120 ? `${s} s` : s < 7200 ? `${Math.floor(s / 60)} min` : `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
-function snapshotsKey(id: string) {
-  return `vmfleet.snapshots.${id}`;
-}
-
 export function VmDetail({ owner, name }: { owner: string; name: string }) {
   const { client, session } = useSession();
   const { navigate } = useRouter();
@@ -43,7 +39,7 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
     const t = setInterval(() => setNow(Date.now()), 1000);
     return () => clearInterval(t);
   }, []);
-  const [snapshots, setSnapshots] = useState<string[]>([]);
+  const [snapshots, setSnapshots] = useState<SnapshotView[]>([]);
   const [restoreId, setRestoreId] = useState('');
   const [confirmDelete, setConfirmDelete] = useState(false);
 
@@ -70,14 +66,21 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
   useEffect(() => {
     if (monitor.status) void load();
   }, [monitor.status, load]);
-  useEffect(() => {
-    if (!vm) return;
+  // The VM's snapshots, as its node has them.
+  const buildId = vm?.build_id;
+  const vmOwner = vm?.owner;
+  const loadSnapshots = useCallback(async () => {
+    if (!buildId || !vmOwner) return;
     try {
-      setSnapshots(JSON.parse(localStorage.getItem(snapshotsKey(vm.build_id)) ?? '[]') as string[]);
+      setSnapshots(await client.snapshots(buildId, vmOwner));
     } catch {
-      setSnapshots([]);
+      // A node that is offline has nothing to list now; the list stays as it was.
     }
-  }, [vm?.build_id]);
+  }, [client, buildId, vmOwner]);
+  // Again whenever the VM's record is read again (after each operation, each state change).
+  useEffect(() => {
+    void loadSnapshots();
+  }, [loadSnapshots, vm]);
 
   async function run(label: string, op: () => Promise<{ message?: string } | unknown>) {
     setError(null);
@@ -109,10 +112,6 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
 
   const id = vm.build_id;
   const o = vm.owner;
-  const saveSnapshots = (list: string[]) => {
-    setSnapshots(list);
-    localStorage.setItem(snapshotsKey(id), JSON.stringify(list));
-  };
 
   return (
     <main>
@@ -165,7 +164,6 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
             onClick={() =>
               void run('Snapshot', async () => {
                 const r = await client.snapshot(id, o);
-                saveSnapshots([r.snapshot_id, ...snapshots.filter((s) => s !== r.snapshot_id)]);
                 setRestoreId(r.snapshot_id);
                 return r;
               })
@@ -176,7 +174,7 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
           <input list="snapshots" placeholder="snapshot id" value={restoreId} onChange={(e) => setRestoreId(e.target.value)} />
           <datalist id="snapshots">
             {snapshots.map((s) => (
-              <option key={s} value={s} />
+              <option key={s.snapshot_id} value={s.snapshot_id} />
             ))}
           </datalist>
           <button type="button" disabled={!!busy || !restoreId.trim()} onClick={() => void run('Restore', () => client.restore(id, o, restoreId.trim()))}>
@@ -233,6 +231,49 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
           <dd>{uptime(monitor.status, now)}</dd>
         </dl>
       </Card>
+
+      {snapshots.length > 0 && (
+        <Card title="Snapshots">
+          <table data-testid="snapshots">
+            <thead>
+              <tr>
+                <th>Snapshot</th>
+                <th>Taken</th>
+                <th>Size</th>
+                <th />
+              </tr>
+            </thead>
+            <tbody>
+              {snapshots.map((s) => (
+                <tr key={s.snapshot_id}>
+                  <td className="mono">{s.snapshot_id}</td>
+                  <td>{new Date(s.created_at * 1000).toLocaleString()}</td>
+                  <td>{formatBytes(s.size_bytes)}</td>
+                  <td>
+                    <button
+                      type="button"
+                      aria-label={`Restore snapshot ${s.snapshot_id}`}
+                      disabled={!!busy}
+                      onClick={() => void run('Restore', () => client.restore(id, o, s.snapshot_id))}
+                    >
+                      Restore
+                    </button>{' '}
+                    <button
+                      type="button"
+                      className="danger"
+                      aria-label={`Delete snapshot ${s.snapshot_id}`}
+                      disabled={!!busy}
+                      onClick={() => void run('Delete snapshot', () => client.deleteSnapshot(id, o, s.snapshot_id))}
+                    >
+                      Delete
+                    </button>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </Card>
+      )}
 
       <Card title="Metrics">
         <VMMetricsChart history={monitor.history} />
