@@ -5,9 +5,10 @@
 // with it, creates a VM (seeing an API validation message inline first), waits for it to run,
 // types `echo hi-<random>` in its console and sees the answer, sees the metrics charts draw
 // points, reloads and sees the console screen restored, suspends and resumes it (WebSocket
-// commands), takes a snapshot, sees it listed and deletes it, stops and deletes the VM, then
-// signs in with the admin token and drains and undrains the node. Screenshots of the VM
-// detail and nodes pages go to $VMFLEET_SCREENSHOTS (default target/screenshots/).
+// commands), takes a snapshot, sees it listed, forces the VM off, restores it from the
+// snapshot and deletes the snapshot, stops and deletes the VM, then signs in with the admin
+// token and drains and undrains the node. Screenshots of the VM detail and nodes pages go to
+// $VMFLEET_SCREENSHOTS (default target/screenshots/).
 //
 // Environment: VMFLEET_BIN (default ../target/debug/vmfleet), CHROMIUM (default
 // /usr/bin/chromium), VMFLEET_E2E_HEADFUL=1 to watch.
@@ -252,18 +253,24 @@ async function main() {
     await page.getByRole('button', { name: 'Resume', exact: true }).click();
     await page.locator('h1 [data-state=running]').waitFor({ timeout: 60_000 });
     await page.getByTestId('notice').filter({ hasText: 'resume done' }).waitFor();
+    log('suspended and resumed over the WebSocket');
 
-    // A snapshot, listed from its node (id, time, size), then deleted there.
+    // A snapshot, listed from its node (id, time, size); the VM forced off and restored from
+    // it (it runs again); the snapshot deleted there.
     await page.getByRole('button', { name: 'Snapshot', exact: true }).click();
     const snapRow = page.getByTestId('snapshots').locator('tbody tr').first();
     await snapRow.waitFor({ timeout: 120_000 });
     const snapId = ((await snapRow.locator('td').first().textContent()) ?? '').trim();
     log(`snapshot ${snapId} listed: ${(await snapRow.textContent()) ?? ''}`);
+    await page.getByRole('button', { name: 'Force stop', exact: true }).click();
+    await page.locator('h1 [data-state=stopped]').waitFor({ timeout: 60_000 });
+    await page.getByRole('button', { name: `Restore snapshot ${snapId}` }).click();
+    await page.locator('h1 [data-state=running]').waitFor({ timeout: 120_000 });
+    log(`restored from ${snapId}: running`);
     await page.getByRole('button', { name: `Delete snapshot ${snapId}` }).click();
     await page.getByTestId('notice').filter({ hasText: `snapshot ${snapId} deleted` }).waitFor({ timeout: 60_000 });
     await page.getByTestId('snapshots').waitFor({ state: 'detached', timeout: 30_000 });
     log('the snapshot is deleted');
-    log('suspended and resumed over the WebSocket');
 
     // Stop it, then delete it (with its confirmation).
     await page.getByRole('button', { name: 'Stop', exact: true }).click();

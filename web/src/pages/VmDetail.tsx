@@ -46,6 +46,8 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
   const monitor = useVMWebSocket(name, { token, owner });
   const liveState = monitor.status?.state ?? vm?.state ?? 'unknown';
   const hasGuest = ['running', 'booting', 'stopping', 'paused'].includes(liveState);
+  // What the state machine lets a restore start from.
+  const canRestore = ['created', 'stopped', 'error'].includes(liveState);
   const vmConsole = useVMConsole(name, { token, owner, enabled: hasGuest });
 
   const load = useCallback(async () => {
@@ -177,7 +179,7 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
               <option key={s.snapshot_id} value={s.snapshot_id} />
             ))}
           </datalist>
-          <button type="button" disabled={!!busy || !restoreId.trim()} onClick={() => void run('Restore', () => client.restore(id, o, restoreId.trim()))}>
+          <button type="button" disabled={!!busy || !canRestore || !restoreId.trim()} onClick={() => void run('Restore', () => client.restore(id, o, restoreId.trim()))}>
             Restore
           </button>
           <span className="spacer" />
@@ -253,7 +255,8 @@ export function VmDetail({ owner, name }: { owner: string; name: string }) {
                     <button
                       type="button"
                       aria-label={`Restore snapshot ${s.snapshot_id}`}
-                      disabled={!!busy}
+                      disabled={!!busy || !canRestore}
+                      title={canRestore ? undefined : 'Stop the VM to restore it'}
                       onClick={() => void run('Restore', () => client.restore(id, o, s.snapshot_id))}
                     >
                       Restore
