@@ -262,6 +262,8 @@ async function main() {
     await snapRow.waitFor({ timeout: 120_000 });
     const snapId = ((await snapRow.locator('td').first().textContent()) ?? '').trim();
     log(`snapshot ${snapId} listed: ${(await snapRow.textContent()) ?? ''}`);
+    const snapshotsShot = join(SHOTS, 'vm-snapshots.png');
+    await page.getByTestId('snapshots').screenshot({ path: snapshotsShot });
     await page.getByRole('button', { name: 'Force stop', exact: true }).click();
     await page.locator('h1 [data-state=stopped]').waitFor({ timeout: 60_000 });
     await page.getByRole('button', { name: `Restore snapshot ${snapId}` }).click();
@@ -301,7 +303,7 @@ async function main() {
     log('the node drained and undrained');
 
     if (pageErrors.length) throw new Error(`the page threw:\n${pageErrors.join('\n')}`);
-    console.log(`screenshots: ${detailShot} ${nodesShot}`);
+    console.log(`screenshots: ${detailShot} ${snapshotsShot} ${nodesShot}`);
     log('PASS');
   } catch (e) {
     if (browser) {
