@@ -77,6 +77,11 @@ pub struct AgentConfig {
         num_args = 0..
     )]
     pub passthrough_devices: Vec<vmfleet_core::PciAddress>,
+
+    /// The most snapshots a VM of this node may have (each holds its memory and copies of
+    /// its disks); /vm/snapshot refuses more with 409 until one is deleted.
+    #[arg(long, env = "VMFLEET_MAX_SNAPSHOTS_PER_VM", default_value_t = vmfleet_hypervisor::DEFAULT_SNAPSHOT_LIMIT)]
+    pub max_snapshots_per_vm: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -295,6 +300,25 @@ mod tests {
         let mut argv = vec!["agent", "--passthrough-devices", "01:00.0"];
         argv.push("--host-api-key");
         argv.push("k");
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_limit_per_vm() {
+        let c = parse(&["--host-api-key", "k"]);
+        assert_eq!(
+            c.max_snapshots_per_vm,
+            vmfleet_hypervisor::DEFAULT_SNAPSHOT_LIMIT
+        );
+        let c = parse(&["--host-api-key", "k", "--max-snapshots-per-vm", "2"]);
+        assert_eq!(c.max_snapshots_per_vm, 2);
+        let argv = [
+            "agent",
+            "--host-api-key",
+            "k",
+            "--max-snapshots-per-vm",
+            "-1",
+        ];
         assert!(Cli::try_parse_from(argv).is_err());
     }
 

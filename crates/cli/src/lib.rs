@@ -60,6 +60,10 @@ pub enum Command {
         /// given with /vm/device/add. Default: none.
         #[arg(long, env = "VMFLEET_PASSTHROUGH_DEVICES", value_delimiter = ',', num_args = 0..)]
         passthrough_devices: Vec<vmfleet_core::PciAddress>,
+        /// The most snapshots a VM of the local node may have (each holds its memory and
+        /// copies of its disks).
+        #[arg(long, env = "VMFLEET_MAX_SNAPSHOTS_PER_VM", default_value_t = vmfleet_hypervisor::DEFAULT_SNAPSHOT_LIMIT)]
+        max_snapshots_per_vm: usize,
     },
     /// The control plane alone, for installs with several agents.
     Server(PlaneArgs),
@@ -357,13 +361,14 @@ async fn run(command: Command) -> Result<(), CliError> {
             node_api_listen,
             share_root,
             passthrough_devices,
+            max_snapshots_per_vm,
         } => {
             let plane = ControlPlane::start(PlaneOptions::from(&args)).await?;
             let host = vmfleet_hypervisor::HostDevices {
                 share_root,
                 passthrough: passthrough_devices,
             };
-            let agent = local::start(&plane, node_api_listen, host).await?;
+            let agent = local::start(&plane, node_api_listen, host, max_snapshots_per_vm).await?;
             announce(&plane);
             say!(
                 "local node {:?}: node API on ws://{}/ws",
@@ -399,6 +404,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 config.node_ws_listen,
                 accel,
                 config.host_devices(),
+                config.max_snapshots_per_vm,
             )
             .await?;
             say!("vmfleet agent: node API on ws://{addr}/ws");

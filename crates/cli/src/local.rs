@@ -82,6 +82,7 @@ pub async fn start_node_api(
     listen: SocketAddr,
     accel: Accel,
     host: HostDevices,
+    snapshot_limit: usize,
 ) -> Result<(JoinHandle<()>, SocketAddr, Arc<dyn Hypervisor>), CliError> {
     let catalog =
         ImageCatalog::open(base.join("images")).map_err(|e| CliError::Local(e.to_string()))?;
@@ -95,7 +96,8 @@ pub async fn start_node_api(
         base.join("instances"),
     )
     .map_err(|e| CliError::Local(e.to_string()))?
-    .with_host_devices(host);
+    .with_host_devices(host)
+    .with_snapshot_limit(snapshot_limit);
     // Guests left running by the previous start are taken back, not booted again.
     let found = vmm.recover().await;
     if !found.is_empty() {
@@ -129,11 +131,13 @@ pub struct LocalAgent {
 }
 
 /// Registers the local node (once; its key is kept in the data dir) and starts its agent.
-/// `host`: what of this machine its VMs may be given (shared directories, PCI passthrough).
+/// `host`: what of this machine its VMs may be given (shared directories, PCI passthrough);
+/// `snapshot_limit`: the most snapshots a VM may have.
 pub async fn start(
     plane: &ControlPlane,
     node_api_listen: SocketAddr,
     host: HostDevices,
+    snapshot_limit: usize,
 ) -> Result<LocalAgent, CliError> {
     let dir = plane.data_dir();
     let store: &Store = plane.store();
@@ -166,8 +170,15 @@ pub async fn start(
 
     let base = dir.root().join("vms");
     let token = dir.secret(NODE_TOKEN)?;
-    let (node_api, node_api_addr, vmm) =
-        start_node_api(&base, token, node_api_listen, Accel::Auto, host).await?;
+    let (node_api, node_api_addr, vmm) = start_node_api(
+        &base,
+        token,
+        node_api_listen,
+        Accel::Auto,
+        host,
+        snapshot_limit,
+    )
+    .await?;
 
     let docker = DockerRuntime::new(DockerConfig::default());
     let containers = match docker.ping().await {

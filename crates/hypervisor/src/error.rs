@@ -45,6 +45,8 @@ pub enum HypervisorError {
     DeviceRefused(String),
     #[error("VM {vm} has no snapshot {snapshot}")]
     NoSnapshot { vm: VmId, snapshot: String },
+    #[error("VM {vm} has {limit} snapshots, as many as its node keeps for a VM: delete one first")]
+    SnapshotLimit { vm: VmId, limit: usize },
     #[error(transparent)]
     Resources(#[from] ResourceError),
     #[error("{0}")]
@@ -132,7 +134,8 @@ impl HypervisorError {
             | HypervisorError::ColdPlugOnly { .. }
             | HypervisorError::DeviceRefused(_)
             | HypervisorError::NotRunning(_)
-            | HypervisorError::NotRentalContainer { .. } => ErrorClass::Conflict,
+            | HypervisorError::NotRentalContainer { .. }
+            | HypervisorError::SnapshotLimit { .. } => ErrorClass::Conflict,
             HypervisorError::NotFound(_)
             | HypervisorError::NoSnapshot { .. }
             | HypervisorError::NoDevice { .. }

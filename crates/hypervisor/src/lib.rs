@@ -35,4 +35,4 @@ pub use docker::{
 pub use error::{ErrorClass, HypervisorError};
 pub use firecracker::{FirecrackerBackend, FirecrackerConfig, FirecrackerGuest};
 pub use hypervisor::{CreateVm, Hypervisor, SnapshotInfo, VmStatus};
-pub use vmm::{DEFAULT_BOOT_ARGS, DEFAULT_STOP_TIMEOUT, Vmm};
+pub use vmm::{DEFAULT_BOOT_ARGS, DEFAULT_SNAPSHOT_LIMIT, DEFAULT_STOP_TIMEOUT, Vmm};

@@ -56,6 +56,44 @@ pub struct Vmm {
     host: HostDevices,
     /// VMs being received from another node, not defined yet.
     imports: Mutex<HashMap<VmId, Import>>,
+    /// The most snapshots a VM may have here.
+    snapshot_limit: usize,
+}
+
+/// How many snapshots a VM may have on its node unless the node says otherwise: each holds
+/// the guest's memory and copies of its disks.
+pub const DEFAULT_SNAPSHOT_LIMIT: usize = 8;
+
+/// Disk space a snapshot must leave free on its node, so that one tenant's snapshots cannot
+/// fill the disk the other VMs write to.
+const SNAPSHOT_DISK_RESERVE: u64 = 512 << 20;
+
+/// Whether a snapshot that takes about `needed` bytes fits in `free` bytes, keeping
+/// [`SNAPSHOT_DISK_RESERVE`] free.
+fn snapshot_room(id: &VmId, needed: u64, free: u64) -> Result<(), HypervisorError> {
+    if needed.saturating_add(SNAPSHOT_DISK_RESERVE) <= free {
+        return Ok(());
+    }
+    Err(HypervisorError::InsufficientResources(format!(
+        "disk space for a snapshot of VM {id}: it takes about {} MiB, the node has {} MiB free \
+         and keeps {} MiB in reserve",
+        needed >> 20,
+        free >> 20,
+        SNAPSHOT_DISK_RESERVE >> 20
+    )))
+}
+
+/// The bytes free to unprivileged users on the file system of `path`.
+fn free_bytes(path: &Path) -> Result<u64, HypervisorError> {
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| HypervisorError::io(path)(std::io::Error::from(e)))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The disk space `path` takes (allocated blocks); 0 when it cannot be read.
+fn file_allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks().saturating_mul(512))
 }
 
 /// A VM being received: where its files land until it is defined.
@@ -176,7 +214,14 @@ impl Vmm {
             net: None,
             host: HostDevices::default(),
             imports: Mutex::new(HashMap::new()),
+            snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
         })
+    }
+
+    /// Keeps at most `limit` snapshots per VM ([`DEFAULT_SNAPSHOT_LIMIT`] otherwise).
+    pub fn with_snapshot_limit(mut self, limit: usize) -> Self {
+        self.snapshot_limit = limit;
+        self
     }
 
     /// Lets VMs have what `host` offers: directories under its share root
@@ -1020,9 +1065,27 @@ impl Hypervisor for Vmm {
 
     async fn snapshot(&self, id: &VmId, snap: SnapshotId) -> Result<SnapshotId, HypervisorError> {
         let (inst, _op) = self.lock(id)?;
+        if self.snapshots(id).await?.len() >= self.snapshot_limit {
+            return Err(HypervisorError::SnapshotLimit {
+                vm: id.clone(),
+                limit: self.snapshot_limit,
+            });
+        }
         let t = inst.begin(VmOp::Snapshot)?;
         let guest = self.running_guest(&inst)?;
         let was_running = inst.st().state == VmState::Running;
+        {
+            // The memory at most, and the disks' copies as large as what they hold.
+            let spec = &inst.st().spec;
+            let needed = (spec.resources.mem_size_mib << 20)
+                + file_allocated(&spec.root_disk)
+                + spec
+                    .extra_disks
+                    .iter()
+                    .map(|d| file_allocated(&d.path))
+                    .sum::<u64>();
+            snapshot_room(id, needed, free_bytes(&self.dir(id))?)?;
+        }
         let paths = self.new_snapshot_dir(id, &snap)?;
         if was_running {
             guest.pause().await?;
@@ -1625,6 +1688,96 @@ mod tests {
         let e = vmm.import_files(req, manifest).await.unwrap_err();
         assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
         assert!(e.to_string().contains("only QEMU"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_listed_limited_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("k"), b"kernel").unwrap();
+        std::fs::write(images.join("r"), vec![0u8; 1 << 20]).unwrap();
+        let vmm = Vmm::new(
+            Arc::new(crate::firecracker::FirecrackerBackend::new(
+                Default::default(),
+            )),
+            ImageCatalog::open(&images).unwrap(),
+            dir.path().join("vms"),
+        )
+        .unwrap()
+        .with_snapshot_limit(2);
+        let id = VmId::new("vm-1").unwrap();
+        vmm.create(CreateVm {
+            id: id.clone(),
+            resources: VmResources {
+                vcpu_count: 1,
+                mem_size_mib: 128,
+                disk_size: 1,
+            },
+            kernel: ImageName::new("k").unwrap(),
+            initrd: None,
+            rootfs: ImageName::new("r").unwrap(),
+            boot_args: None,
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+        assert!(vmm.snapshots(&id).await.unwrap().is_empty());
+        // Two taken (their guest state written), one being taken, one that is no snapshot id.
+        let snaps = dir.path().join("vms/vm-1/snapshots");
+        for (name, state) in [("b", true), ("a", true), ("partial", false), (".x", true)] {
+            std::fs::create_dir_all(snaps.join(name)).unwrap();
+            if state {
+                std::fs::write(snaps.join(name).join("vmstate"), vec![1u8; 8192]).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let listed = vmm.snapshots(&id).await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(names, ["b", "a"], "oldest first");
+        assert!(listed.iter().all(|s| s.bytes >= 8192), "{listed:?}");
+        // At the limit, a third is refused before anything else is looked at.
+        let e = vmm
+            .snapshot(&id, SnapshotId::new("c").unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, HypervisorError::SnapshotLimit { limit: 2, .. }),
+            "{e}"
+        );
+        assert_eq!(e.class(), crate::ErrorClass::Conflict);
+        vmm.delete_snapshot(&id, &SnapshotId::new("b").unwrap())
+            .await
+            .unwrap();
+        assert!(!snaps.join("b").exists());
+        let e = vmm
+            .delete_snapshot(&id, &SnapshotId::new("b").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::NotFound, "{e}");
+        // Below the limit again: what refuses now is the VM's state (never booted).
+        let e = vmm
+            .snapshot(&id, SnapshotId::new("c").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HypervisorError::InvalidState(_)), "{e}");
+        let e = vmm
+            .snapshots(&VmId::new("vm-2").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::NotFound, "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_leaves_the_reserve_free() {
+        let id = VmId::new("vm-1").unwrap();
+        snapshot_room(&id, 1 << 30, (1 << 30) + SNAPSHOT_DISK_RESERVE).unwrap();
+        let e = snapshot_room(&id, 1 << 30, 1 << 30).unwrap_err();
+        assert!(
+            matches!(e, HypervisorError::InsufficientResources(_)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("1024 MiB"), "{e}");
     }
 
     #[tokio::test]

@@ -553,9 +553,14 @@ async fn local_node(
     String,
     String,
 ) {
-    let agent = vmfleet_cli::local::start(&plane, "127.0.0.1:0".parse().unwrap(), host)
-        .await
-        .unwrap();
+    let agent = vmfleet_cli::local::start(
+        &plane,
+        "127.0.0.1:0".parse().unwrap(),
+        host,
+        vmfleet_hypervisor::DEFAULT_SNAPSHOT_LIMIT,
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", plane.addr());
     let admin = admin_token(&plane);
     let deadline = Instant::now() + Duration::from_secs(30);
