@@ -463,6 +463,14 @@ async fn run_on_node(
             let _ = store.update_vm_state(id, before, None, None).await;
             Err(refusal(&reply))
         }
+        Err(e @ FleetError::NotConnected(_)) => {
+            // Never sent: nothing happened on the node, so nothing happens to the VM (a state
+            // the operation set on its way goes back; an `unknown` VM stays unknown).
+            if store.get_vm(id).await.is_ok_and(|vm| vm.state != before) {
+                let _ = store.update_vm_state(id, before, None, None).await;
+            }
+            Err(fleet_error(e))
+        }
         Err(e) => {
             let reason = format!("the operation did not finish: {e}");
             let _ = store

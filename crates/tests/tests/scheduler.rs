@@ -932,3 +932,87 @@ async fn a_container_runs_through_a_real_agent_and_is_metered() {
         .unwrap();
     daemon.shutdown().await.unwrap();
 }
+
+/// A VM operation that cannot reach the VM's node (offline) is refused with 409 and leaves
+/// the VM as it was: `unknown`, lost at the same moment, not turned into `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_cannot_reach_an_offline_node_changes_nothing() {
+    let plane = Plane::start(config(Policy::Pack, Duration::from_secs(5))).await;
+    let (node, key) = plane.node("away").await;
+    let agent = FakeAgent::connect(&plane.base, &key, 4, 8192, Mode::Confirm).await;
+    let owner = wallet(9);
+    let token = plane.wallet_token(owner);
+    plane
+        .store
+        .upsert_user(&owner, Role::Standard)
+        .await
+        .unwrap();
+    let vm = plane
+        .store
+        .insert_vm(&vmfleet_store::NewVm {
+            id: VmId::new("vm-away").unwrap(),
+            kind: vmfleet_store::WorkloadKind::Vm,
+            owner,
+            name: vmfleet_core::VmName::new("away").unwrap(),
+            spec: json!({}),
+            resources: vmfleet_store::Resources {
+                vcpus: 1,
+                memory_mib: 256,
+                disk_gib: 1,
+                gpus: 0,
+            },
+        })
+        .await
+        .unwrap();
+    assert!(plane.store.reserve(&node, &vm.id).await.unwrap());
+    plane
+        .store
+        .update_vm_state(&vm.id, vmfleet_core::VmState::Running, None, None)
+        .await
+        .unwrap();
+    agent.disconnect().await;
+    wait_until("the VM unknown", || async {
+        plane.store.get_vm(&vm.id).await.unwrap().state == vmfleet_core::VmState::Unknown
+    })
+    .await;
+    let lost = plane.store.get_vm(&vm.id).await.unwrap();
+    let me = owner.to_string();
+    for (path, body) in [
+        ("/vm/snapshot", json!({"build_id": "vm-away", "owner": me})),
+        (
+            "/vm/snapshot/list",
+            json!({"build_id": "vm-away", "owner": me}),
+        ),
+        (
+            "/vm/snapshot/delete",
+            json!({"build_id": "vm-away", "owner": me, "snapshot_id": "s"}),
+        ),
+        (
+            "/vm/disk/add",
+            json!({"build_id": "vm-away", "owner": me, "size_gb": 1}),
+        ),
+    ] {
+        let (status, answer) = plane
+            .call(reqwest::Method::POST, path, &token, Some(body))
+            .await;
+        assert_eq!(status, 409, "{path}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("offline"),
+            "{path}: {answer}"
+        );
+        let now = plane.store.get_vm(&vm.id).await.unwrap();
+        assert_eq!(
+            (
+                now.state,
+                now.unknown_since.clone(),
+                now.state_reason.as_deref()
+            ),
+            (
+                lost.state,
+                lost.unknown_since.clone(),
+                lost.state_reason.as_deref()
+            ),
+            "{path} changed the VM"
+        );
+    }
+}
