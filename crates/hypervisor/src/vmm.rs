@@ -491,6 +491,49 @@ impl Vmm {
         Ok(())
     }
 
+    /// The VM's snapshots that are taken (their guest state written), unsorted: id,
+    /// directory and when it was taken. A migration's snapshot is the migration's, not listed.
+    fn taken_snapshots(
+        &self,
+        id: &VmId,
+    ) -> Result<Vec<(SnapshotId, PathBuf, SystemTime)>, HypervisorError> {
+        let inst = self.get(id)?;
+        let exporting = inst.st().export.as_ref().map(|e| e.snap.clone());
+        let root = self.dir(id).join("snapshots");
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(HypervisorError::io(&root)(e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let Some(snap) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| SnapshotId::new(name).ok())
+            else {
+                continue;
+            };
+            if exporting.as_ref() == Some(&snap) {
+                continue;
+            }
+            let paths = SnapshotPaths { dir: entry.path() };
+            // Its guest state is written first: without it the snapshot is being taken (or
+            // its taking failed and is being cleaned up).
+            let Ok(state) =
+                std::fs::metadata(paths.state()).or_else(|_| std::fs::metadata(paths.memory()))
+            else {
+                continue;
+            };
+            found.push((
+                snap,
+                paths.dir,
+                state.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            ));
+        }
+        Ok(found)
+    }
+
     /// A disk copied, sparse: holes and zero runs take no space in the copy.
     fn copy(from: &Path, to: &Path) -> Result<(), HypervisorError> {
         crate::transfer::sparse_copy(from, to).map(drop)
@@ -520,14 +563,12 @@ fn persist(dir: &Path, st: &InstState) {
 /// The disk space the files directly in `dir` take (allocated blocks, so that a sparse disk
 /// copy counts what it holds); what cannot be read counts nothing.
 fn allocated_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.blocks().saturating_mul(512))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| file_allocated(&e.path()))
         .sum()
 }
 
@@ -1065,7 +1106,7 @@ impl Hypervisor for Vmm {
 
     async fn snapshot(&self, id: &VmId, snap: SnapshotId) -> Result<SnapshotId, HypervisorError> {
         let (inst, _op) = self.lock(id)?;
-        if self.snapshots(id).await?.len() >= self.snapshot_limit {
+        if self.taken_snapshots(id)?.len() >= self.snapshot_limit {
             return Err(HypervisorError::SnapshotLimit {
                 vm: id.clone(),
                 limit: self.snapshot_limit,
@@ -1163,41 +1204,15 @@ impl Hypervisor for Vmm {
     }
 
     async fn snapshots(&self, id: &VmId) -> Result<Vec<SnapshotInfo>, HypervisorError> {
-        let inst = self.get(id)?;
-        // A migration's snapshot is the migration's, not the owner's.
-        let exporting = inst.st().export.as_ref().map(|e| e.snap.clone());
-        let root = self.dir(id).join("snapshots");
-        let entries = match std::fs::read_dir(&root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(HypervisorError::io(&root)(e)),
-        };
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let Some(snap) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| SnapshotId::new(name).ok())
-            else {
-                continue;
-            };
-            if exporting.as_ref() == Some(&snap) {
-                continue;
-            }
-            let paths = SnapshotPaths { dir: entry.path() };
-            // Its guest state is written first: without it the snapshot is being taken (or
-            // its taking failed and is being cleaned up).
-            let Ok(state) =
-                std::fs::metadata(paths.state()).or_else(|_| std::fs::metadata(paths.memory()))
-            else {
-                continue;
-            };
-            found.push(SnapshotInfo {
-                id: snap,
-                taken_at: state.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                bytes: allocated_bytes(&paths.dir),
-            });
-        }
+        let mut found: Vec<SnapshotInfo> = self
+            .taken_snapshots(id)?
+            .into_iter()
+            .map(|(id, dir, taken_at)| SnapshotInfo {
+                id,
+                taken_at,
+                bytes: allocated_bytes(&dir),
+            })
+            .collect();
         found.sort_by(|a, b| (a.taken_at, &a.id).cmp(&(b.taken_at, &b.id)));
         Ok(found)
     }
@@ -1650,6 +1665,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A 1-vCPU, 128 MiB VM booting images `k` and `r`.
+    fn small_vm(id: &VmId) -> CreateVm {
+        CreateVm {
+            id: id.clone(),
+            resources: VmResources {
+                vcpu_count: 1,
+                mem_size_mib: 128,
+                disk_size: 1,
+            },
+            kernel: ImageName::new("k").unwrap(),
+            initrd: None,
+            rootfs: ImageName::new("r").unwrap(),
+            boot_args: None,
+            labels: Default::default(),
+        }
+    }
+
     #[tokio::test]
     async fn only_qemu_vms_migrate() {
         let dir = tempfile::tempdir().unwrap();
@@ -1672,20 +1704,7 @@ mod tests {
             running: false,
             files: Vec::new(),
         };
-        let req = CreateVm {
-            id,
-            resources: VmResources {
-                vcpu_count: 1,
-                mem_size_mib: 128,
-                disk_size: 1,
-            },
-            kernel: ImageName::new("k").unwrap(),
-            initrd: None,
-            rootfs: ImageName::new("r").unwrap(),
-            boot_args: None,
-            labels: Default::default(),
-        };
-        let e = vmm.import_files(req, manifest).await.unwrap_err();
+        let e = vmm.import_files(small_vm(&id), manifest).await.unwrap_err();
         assert_eq!(e.class(), crate::ErrorClass::Unsupported, "{e}");
         assert!(e.to_string().contains("only QEMU"), "{e}");
     }
@@ -1707,21 +1726,7 @@ mod tests {
         .unwrap()
         .with_snapshot_limit(2);
         let id = VmId::new("vm-1").unwrap();
-        vmm.create(CreateVm {
-            id: id.clone(),
-            resources: VmResources {
-                vcpu_count: 1,
-                mem_size_mib: 128,
-                disk_size: 1,
-            },
-            kernel: ImageName::new("k").unwrap(),
-            initrd: None,
-            rootfs: ImageName::new("r").unwrap(),
-            boot_args: None,
-            labels: Default::default(),
-        })
-        .await
-        .unwrap();
+        vmm.create(small_vm(&id)).await.unwrap();
         assert!(vmm.snapshots(&id).await.unwrap().is_empty());
         // Two taken (their guest state written), one being taken, one that is no snapshot id.
         let snaps = dir.path().join("vms/vm-1/snapshots");
